@@ -197,7 +197,9 @@ transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
-auto.create.topics.enable=true
+# Laneway declares every topic itself with the right partition count; a typo must not
+# silently create a one-partition topic.
+auto.create.topics.enable=false
 group.initial.rebalance.delay.ms=0
 
 log.retention.hours=168

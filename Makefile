@@ -1,0 +1,57 @@
+# Laneway: every target sets up what it needs (venv, broker) first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: help venv kafka-up kafka-down run worker test test-unit lint format bench bench-throughput clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@echo "==> creating $(VENV) and installing Laneway with dev extras"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -m pip install --quiet -e '.[dev,bench]'
+	@touch $@
+
+venv: $(STAMP) ## Create the virtualenv and install (idempotent)
+
+kafka-up: $(STAMP) ## Start the local Kafka 4.x (KRaft) broker unless LANEWAY_KAFKA_BOOTSTRAP points elsewhere
+	@bash scripts/kafka.sh up
+
+kafka-down: ## Stop the local broker (data is kept in .run/kafka)
+	@bash scripts/kafka.sh down
+
+run: kafka-up ## Set up everything, start the worker and feed demo traffic from 3 tenants
+	@bash scripts/run.sh
+
+worker: kafka-up ## Run one worker in the foreground
+	@$(VENV)/bin/faust -A agents.worker worker -l info
+
+test: kafka-up ## Set up everything, start Kafka and run the whole test suite
+	@$(PY) -m pytest
+
+test-unit: $(STAMP) ## Fast unit tests only (no broker)
+	@$(PY) -m pytest tests/unit
+
+lint: $(STAMP) ## ruff check + format check
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
+
+format: $(STAMP) ## Apply ruff fixes and formatting
+	@$(VENV)/bin/ruff check --fix .
+	@$(VENV)/bin/ruff format .
+
+bench: bench-throughput ## Run every benchmark; JSON and PNG in bench/results/
+
+bench-throughput: kafka-up ## End-to-end pipeline vs raw aiokafka pass-through
+	@$(PY) -m bench.throughput
+
+clean: ## Remove the venv and runtime state (broker data, worker data, logs)
+	@bash scripts/kafka.sh down || true
+	rm -rf $(VENV) .run .pytest_cache .ruff_cache *.egg-info

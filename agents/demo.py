@@ -1,0 +1,180 @@
+"""Demo traffic for `make run`: synthetic HL7 from a few tenants, and a live tally downstream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import re
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer
+
+from streams.app import LanewayApp
+from streams.hl7.synthetic import SyntheticFeed, malformed
+
+REPORT_EVERY_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class DemoTenant:
+    tenant_id: str
+    sending_application: str
+    sending_facility: str
+
+
+DEMO_TENANTS = (
+    DemoTenant("st-marys", "EPIC", "STMARYS"),
+    DemoTenant("northside-lab", "SUNQUEST", "NORTHLAB"),
+    DemoTenant("riverside-clinic", "ATHENA", "RIVERSIDE"),
+)
+
+
+def demo_tenants(count: int) -> list[DemoTenant]:
+    extra = [
+        DemoTenant(f"demo-{n}", f"APP{n}", f"FACILITY{n}") for n in range(len(DEMO_TENANTS), count)
+    ]
+    return [*DEMO_TENANTS[:count], *extra]
+
+
+async def run(
+    app: LanewayApp,
+    *,
+    tenants: int,
+    rate: float,
+    seconds: float,
+    bad_every: int,
+    say: Callable[[str], None],
+) -> None:
+    """Send at `rate` msg/s per tenant and report per-tenant arrivals every few seconds."""
+    run_tag = uuid.uuid4().hex[:6].upper()
+    members = demo_tenants(tenants)
+    tally = _Tally()
+    consumer = asyncio.create_task(_follow_outputs(app, members, run_tag, tally))
+    try:
+        await _send(app, members, run_tag, rate, seconds, bad_every, tally, say)
+        say("demo traffic finished; waiting briefly for the last events")
+        tally.sending_done()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(tally.caught_up.wait(), timeout=10.0)
+        say(tally.report(members))
+    finally:
+        consumer.cancel()
+
+
+class _Tally:
+    def __init__(self) -> None:
+        self.sent: Counter[str] = Counter()
+        self.events: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self.message_types: dict[str, Counter[str]] = {}
+        self.caught_up = asyncio.Event()
+        self._sending_done = False
+
+    def sending_done(self) -> None:
+        self._sending_done = True
+        self._check_caught_up()
+
+    def count_event(self, tenant: str, message_type: str) -> None:
+        self.events[tenant] += 1
+        self.message_types.setdefault(tenant, Counter())[message_type] += 1
+        self._check_caught_up()
+
+    def count_rejected(self, tenant: str) -> None:
+        self.rejected[tenant] += 1
+        self._check_caught_up()
+
+    def _check_caught_up(self) -> None:
+        if self._sending_done and self.arrived() >= self.sent_total():
+            self.caught_up.set()
+
+    def sent_total(self) -> int:
+        return sum(self.sent.values())
+
+    def arrived(self) -> int:
+        return sum(self.events.values()) + sum(self.rejected.values())
+
+    def report(self, members: list[DemoTenant]) -> str:
+        lines = []
+        for member in members:
+            tenant = member.tenant_id
+            types = ", ".join(
+                f"{kind} {count}" for kind, count in self.message_types.get(tenant, {}).items()
+            )
+            lines.append(
+                f"  {tenant:<18} sent {self.sent[tenant]:>6}  events {self.events[tenant]:>6}"
+                f"  dlq {self.rejected[tenant]:>4}  [{types}]"
+            )
+        return "\n".join(lines)
+
+
+async def _send(
+    app: LanewayApp,
+    members: list[DemoTenant],
+    run_tag: str,
+    rate: float,
+    seconds: float,
+    bad_every: int,
+    tally: _Tally,
+    say: Callable[[str], None],
+) -> None:
+    producer = await app.maybe_start_producer()
+    await app.declare_ingress()
+    feeds = {
+        member.tenant_id: SyntheticFeed(
+            seed=index,
+            sending_application=member.sending_application,
+            sending_facility=member.sending_facility,
+            control_id_prefix=f"{run_tag}-",
+        )
+        for index, member in enumerate(members)
+    }
+    rng = random.Random(0)
+    interval = 1.0 / rate
+    started = next_report = time.monotonic()
+    tick = 0
+    while not seconds or time.monotonic() - started < seconds:
+        tick += 1
+        for tenant, feed in feeds.items():
+            bad = bad_every and tick % bad_every == 0
+            payload = malformed(rng).payload if bad else feed.next_message()
+            await producer.send(app.topic_names.ingress, tenant.encode(), payload, None, None, None)
+            tally.sent[tenant] += 1
+        if time.monotonic() >= next_report:
+            next_report += REPORT_EVERY_S
+            say(f"[{time.monotonic() - started:6.0f}s] per-tenant flow downstream:")
+            say(tally.report(members))
+        # Open loop: sleep to the next tick's intended time, so pacing does not drift.
+        await asyncio.sleep(max(0.0, started + tick * interval - time.monotonic()))
+    await producer.flush()
+
+
+async def _follow_outputs(
+    app: LanewayApp, members: list[DemoTenant], run_tag: str, tally: _Tally
+) -> None:
+    # A pattern, not a topic list: the output topics appear only once the first event is written.
+    prefix = re.escape(app.topic_names.prefix)
+    tenants = "|".join(re.escape(m.tenant_id) for m in members)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=app.laneway.bootstrap_servers,
+        auto_offset_reset="latest",
+        enable_auto_commit=False,
+        metadata_max_age_ms=1000,
+    )
+    consumer.subscribe(pattern=f"^{prefix}(out|dlq)\\.({tenants})$")
+    await consumer.start()
+    try:
+        async for record in consumer:
+            document = json.loads(record.value)
+            tenant = document["tenant"]
+            if "reason" in document:
+                tally.count_rejected(tenant)
+            elif str(document.get("control_id", "")).startswith(run_tag):
+                tally.count_event(tenant, document["message_type"])
+    finally:
+        await consumer.stop()

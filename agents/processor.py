@@ -1,0 +1,98 @@
+"""The processor agent: ingress records in, normalized events and DLQ records out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterable, Iterable
+
+from faust.types import EventT
+
+from streams.app import LanewayApp
+from streams.processing import IngressRecord, OutputRecord, process_ingress_record
+
+log = logging.getLogger(__name__)
+
+_RETRY_FIRST_DELAY_S = 0.2
+_RETRY_MAX_DELAY_S = 5.0
+
+
+def install(app: LanewayApp) -> None:
+    """Register the processor agent on `app`."""
+    settings = app.laneway
+    ingress = app.ingress_topic()
+    publisher = OutputPublisher(app)
+
+    @app.agent(ingress, name="laneway.processor")
+    async def processor(stream: AsyncIterable[bytes]) -> None:
+        # Batches amortise Faust's per-event cost; offsets are committed only after the batch's
+        # outputs are acknowledged by Kafka, so a crash redelivers rather than loses (invariant 1).
+        async for events in stream.take_events(  # type: ignore[attr-defined]
+            settings.batch_max, within=settings.batch_within_s
+        ):
+            outputs: list[OutputRecord] = []
+            for event in events:
+                outputs.extend(process_ingress_record(_ingress_record(event), app.topic_names))
+            await publisher.publish(outputs)
+
+
+def _ingress_record(event: EventT) -> IngressRecord:
+    message = event.message
+    return IngressRecord(
+        key=message.key,
+        value=message.value,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        timestamp_ms=int(message.timestamp * 1000),
+    )
+
+
+class OutputPublisher:
+    """Sends output records and waits for Kafka's acks=all; creates per-tenant topics on demand."""
+
+    def __init__(self, app: LanewayApp) -> None:
+        self._app = app
+        self._known_topics: set[str] = set()
+
+    async def publish(self, outputs: list[OutputRecord]) -> None:
+        """Deliver every output, retrying until Kafka acknowledges all of them.
+
+        The batch's ingress offsets are acked when this returns, so giving up would lose
+        messages. A retry may duplicate outputs; duplicates carry the same idempotency key.
+        """
+        delay = _RETRY_FIRST_DELAY_S
+        while True:
+            try:
+                await self._send_all(outputs)
+                return
+            except Exception as error:  # broker down or timing out: keep the batch, wait, retry
+                log.warning(
+                    "publishing %d outputs failed (%s); retrying in %.1fs",
+                    len(outputs),
+                    type(error).__name__,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_DELAY_S)
+
+    async def _send_all(self, outputs: Iterable[OutputRecord]) -> None:
+        producer = self._app.producer
+        pending = []
+        for output in outputs:
+            if output.topic not in self._known_topics:
+                await self._declare(output.topic)
+            pending.append(
+                await producer.send(
+                    output.topic, output.key, output.value, None, None, output.headers
+                )
+            )
+        await asyncio.gather(*pending)
+
+    async def _declare(self, topic: str) -> None:
+        # One partition per tenant topic keeps each tenant's output in ingress order.
+        await self._app.producer.create_topic(
+            topic, partitions=1, replication=self._app.laneway.topic_replication
+        )
+        self._known_topics.add(topic)
+        log.info("declared output topic %s", topic)

@@ -1,0 +1,1 @@
+"""Laneway stream processing."""

@@ -1,0 +1,71 @@
+"""The Faust app factory. Agents and views are installed onto the app by `agents.build_worker`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+from faust.types import TopicT
+
+from streams.settings import Settings
+from streams.topics import TopicNames
+
+
+class LanewayApp(faust.App):
+    """A Faust app that carries Laneway's settings and topic names."""
+
+    laneway: Settings
+    topic_names: TopicNames
+
+    def ingress_topic(self) -> TopicT:
+        """The tenant-keyed ingress topic, with the partition count every writer must declare."""
+        return self.topic(
+            self.topic_names.ingress,
+            key_type=bytes,
+            value_type=bytes,
+            partitions=self.laneway.ingress_partitions,
+            # Laneway owns this topic: Faust then declares it before subscribing.
+            internal=True,
+        )
+
+    async def declare_ingress(self) -> None:
+        """Create the ingress topic if missing; writers call this before their first send."""
+        await self.ingress_topic().maybe_declare()
+
+
+def create_app(settings: Settings | None = None, **overrides: Any) -> LanewayApp:
+    """Build the Faust app from settings; keyword overrides go straight to Faust."""
+    settings = settings or Settings()
+    # One worker process per data dir: the web port is unique per process on a host.
+    datadir = settings.data_dir.resolve() / f"{settings.app_id}-{settings.web_port}"
+    datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
+    options: dict[str, Any] = {
+        "broker": settings.broker_url,
+        # RocksDB (rocksdict) holds tables; it never holds message content (invariant 5).
+        "store": "rocksdb://",
+        "datadir": str(datadir),
+        "web_port": settings.web_port,
+        "web_bind": settings.web_host,
+        "web_host": settings.web_host,
+        # Faust's own views would expose table data, sensor stats and topic names of every
+        # tenant; Laneway serves its own authorised views instead (invariant 4).
+        "web_tables_enabled": False,
+        "web_stats_enabled": False,
+        "web_graph_enabled": False,
+        "web_router_enabled": False,
+        # Tenant ids are raw bytes on every topic and table, so keys hash alike everywhere.
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+        "producer_acks": -1,
+        # A new consumer group starts at the oldest retained ingress record: nothing is skipped.
+        "consumer_auto_offset_reset": "earliest",
+        "topic_partitions": settings.ingress_partitions,
+        "topic_replication_factor": settings.topic_replication,
+        "producer_linger": 0.002,
+        "autodiscover": False,
+    }
+    options.update(overrides)
+    app = LanewayApp(settings.app_id, **options)
+    app.laneway = settings
+    app.topic_names = TopicNames(settings.topic_prefix)
+    return app

@@ -1,0 +1,270 @@
+"""Turn one ingress record into output records: pure logic, no Faust, no I/O.
+
+An ingress record is (tenant key, raw bytes). It may hold one message or a batch. Each message
+becomes exactly one output: a normalized event on `laneway.out.<tenant>` or a DLQ record on
+`laneway.dlq.<tenant>` (invariant 1). Nothing here raises on input.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from typing import NamedTuple
+
+from streams.hl7 import ExtractedMessage, Hl7Error, extract, hl7_ts_to_iso, split_batch
+from streams.records import (
+    EVENT_SCHEMA_VERSION,
+    Address,
+    DlqRecord,
+    IngressRef,
+    Location,
+    NormalizedEvent,
+    Observation,
+    Order,
+    Patient,
+    PatientIdentifier,
+    PersonName,
+    Visit,
+)
+from streams.topics import TopicNames, is_valid_tenant_id
+
+HEADER_TENANT = "laneway-tenant"
+HEADER_IDEMPOTENCY_KEY = "laneway-idempotency-key"
+HEADER_SCHEMA_VERSION = "laneway-schema-version"
+_SCHEMA_VERSION_BYTES = str(EVENT_SCHEMA_VERSION).encode()
+
+
+class OutputRecord(NamedTuple):
+    topic: str
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    is_dlq: bool
+
+
+class IngressRecord(NamedTuple):
+    key: bytes | None
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+
+
+def process_ingress_record(record: IngressRecord, topics: TopicNames) -> list[OutputRecord]:
+    """All outputs for one ingress record, in message order."""
+    received_at = _iso_utc(record.timestamp_ms)
+    tenant = _tenant_of(record.key)
+    payload = record.value or b""
+    if tenant is None:
+        ref = IngressRef(topic=record.topic, partition=record.partition, offset=record.offset)
+        return [
+            _dlq(
+                topics.dlq_unrouted,
+                "",
+                ref,
+                received_at,
+                payload,
+                Hl7Error("invalid_tenant_key", "ingress key is not a valid tenant id"),
+            )
+        ]
+    try:
+        messages = split_batch(payload)
+    except Hl7Error as error:
+        ref = IngressRef(topic=record.topic, partition=record.partition, offset=record.offset)
+        return [_dlq(topics.dlq(tenant), tenant, ref, received_at, payload, error)]
+    outputs = []
+    for index, raw in enumerate(messages):
+        ref = IngressRef(
+            topic=record.topic, partition=record.partition, offset=record.offset, index=index
+        )
+        outputs.append(_process_message(raw, tenant, ref, received_at, topics))
+    return outputs
+
+
+def _process_message(
+    raw: bytes, tenant: str, ref: IngressRef, received_at: str, topics: TopicNames
+) -> OutputRecord:
+    try:
+        extracted = extract(raw)
+        event = build_event(extracted, tenant, ref, received_at)
+    except Hl7Error as error:
+        return _dlq(topics.dlq(tenant), tenant, ref, received_at, raw, error)
+    except Exception as error:  # a bug must not stop the tenant's stream: park the message
+        internal = Hl7Error("internal_error", f"{type(error).__name__} while processing")
+        return _dlq(topics.dlq(tenant), tenant, ref, received_at, raw, internal)
+    return OutputRecord(
+        topic=topics.out(tenant),
+        key=tenant.encode(),
+        value=event.model_dump_json().encode(),
+        headers=_headers(tenant, event.idempotency_key),
+        is_dlq=False,
+    )
+
+
+def build_event(
+    message: ExtractedMessage, tenant: str, ref: IngressRef, received_at: str
+) -> NormalizedEvent:
+    """Map the fast-path extraction onto the event contract."""
+    message_datetime = hl7_ts_to_iso(message.message_datetime)
+    return NormalizedEvent(
+        tenant=tenant,
+        control_id=message.control_id,
+        message_type=f"{message.message_code}^{message.trigger_event}",
+        message_code=message.message_code,
+        trigger_event=message.trigger_event,
+        message_structure=message.message_structure,
+        version=message.version,
+        processing_id=message.processing_id,
+        sending_application=message.sending_application,
+        sending_facility=message.sending_facility,
+        receiving_application=message.receiving_application,
+        receiving_facility=message.receiving_facility,
+        message_datetime=message_datetime,
+        event_datetime=hl7_ts_to_iso(message.event_datetime) or message_datetime,
+        patient=_patient(message),
+        visit=_visit(message),
+        orders=[
+            Order(
+                placer_order_number=order.placer_order_number,
+                filler_order_number=order.filler_order_number,
+                service_code=order.service_code,
+                service_text=order.service_text,
+                observation_datetime=hl7_ts_to_iso(order.observation_datetime),
+                result_status=order.result_status,
+            )
+            for order in message.orders
+        ],
+        observations=[
+            Observation(
+                set_id=obx.set_id,
+                value_type=obx.value_type,
+                code=obx.code,
+                text=obx.text,
+                coding_system=obx.coding_system,
+                sub_id=obx.sub_id,
+                values=list(obx.values),
+                units=obx.units,
+                reference_range=obx.reference_range,
+                abnormal_flags=obx.abnormal_flags,
+                status=obx.status,
+                observed_at=hl7_ts_to_iso(obx.observed_at),
+            )
+            for obx in message.observations
+        ],
+        idempotency_key=ref.idempotency_key(tenant, message.control_id),
+        ref=ref.to_ref(),
+        source=ref,
+        received_at=received_at,
+    )
+
+
+def _patient(message: ExtractedMessage) -> Patient | None:
+    if "PID" not in message.segment_ids:
+        return None
+    name = message.patient_name
+    address = message.patient_address
+    return Patient(
+        identifiers=[
+            PatientIdentifier(
+                id_number=identifier.id_number,
+                assigning_authority=identifier.assigning_authority,
+                identifier_type=identifier.identifier_type,
+            )
+            for identifier in message.patient_identifiers
+        ],
+        name=PersonName(family=name.family, given=name.given, middle=name.middle),
+        birth_date=message.birth_date,
+        sex=message.sex,
+        address=Address(
+            street=address.street,
+            city=address.city,
+            state=address.state,
+            postal_code=address.postal_code,
+        ),
+        phone=message.phone,
+        ssn=message.ssn,
+    )
+
+
+def _visit(message: ExtractedMessage) -> Visit | None:
+    visit = message.visit
+    if visit is None:
+        return None
+    location = visit.location
+    return Visit(
+        patient_class=visit.patient_class,
+        location=Location(
+            point_of_care=location.point_of_care,
+            room=location.room,
+            bed=location.bed,
+            facility=location.facility,
+        ),
+        visit_number=visit.visit_number,
+        admit_datetime=hl7_ts_to_iso(visit.admit_datetime),
+    )
+
+
+def _dlq(
+    topic: str,
+    tenant: str,
+    ref: IngressRef,
+    received_at: str,
+    original: bytes,
+    error: Hl7Error,
+) -> OutputRecord:
+    control_id = guess_control_id(original)
+    key = ref.idempotency_key(tenant, control_id or "")
+    record = DlqRecord(
+        tenant=tenant,
+        control_id=control_id,
+        reason=error.code,
+        detail=error.detail,
+        idempotency_key=key,
+        ref=ref.to_ref(),
+        source=ref,
+        received_at=received_at,
+        original_base64=base64.b64encode(original).decode("ascii"),
+    )
+    return OutputRecord(
+        topic=topic,
+        key=tenant.encode(),
+        value=record.model_dump_json().encode(),
+        headers=_headers(tenant, key),
+        is_dlq=True,
+    )
+
+
+def guess_control_id(raw: bytes) -> str | None:
+    """MSH-10 of a message that failed validation, when it can still be read."""
+    start = raw.find(b"MSH")
+    if start < 0 or len(raw) < start + 4:
+        return None
+    field_separator = raw[start + 3 : start + 4]
+    first_segment = raw[start:].split(b"\r", 1)[0].split(b"\n", 1)[0]
+    fields = first_segment.split(field_separator)
+    if len(fields) <= 9 or not fields[9]:
+        return None
+    return fields[9].decode("utf-8", "replace")
+
+
+def _tenant_of(key: bytes | None) -> str | None:
+    if not key:
+        return None
+    try:
+        tenant = key.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return tenant if is_valid_tenant_id(tenant) else None
+
+
+def _headers(tenant: str, idempotency_key: str) -> list[tuple[str, bytes]]:
+    return [
+        (HEADER_TENANT, tenant.encode()),
+        (HEADER_IDEMPOTENCY_KEY, idempotency_key.encode()),
+        (HEADER_SCHEMA_VERSION, _SCHEMA_VERSION_BYTES),
+    ]
+
+
+def _iso_utc(timestamp_ms: int) -> str:
+    return datetime.fromtimestamp(timestamp_ms / 1000, UTC).isoformat(timespec="milliseconds")

@@ -1,0 +1,57 @@
+"""Laneway settings: environment variables or `.env`, prefix ``LANEWAY_``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. Names are part of the public contract (ARCHITECTURE §3)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LANEWAY_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    kafka_bootstrap: str = Field(
+        default="localhost:9092", description="Kafka bootstrap servers, comma separated."
+    )
+    admin_token: SecretStr | None = Field(
+        default=None, description="Bearer token for the admin API; the admin API is off if unset."
+    )
+    web_port: int = Field(default=6066, description="Port of the worker's web server.")
+    web_host: str = Field(default="127.0.0.1", description="Interface the web server binds.")
+    mllp_port: int = Field(default=2575, description="Port of the MLLP listener.")
+    data_dir: Path = Field(
+        default=Path(".run/data"),
+        description="Root of worker state; each worker uses its own sub-folder.",
+    )
+
+    app_id: str = Field(default="laneway", description="Faust app id (consumer group prefix).")
+    topic_prefix: str = Field(default="laneway.", description="Prefix of every Laneway topic.")
+    ingress_partitions: int = Field(
+        default=8, ge=1, description="Partitions of the ingress and lane topics."
+    )
+    topic_replication: int = Field(default=1, ge=1, description="Replication factor of topics.")
+
+    batch_max: int = Field(
+        default=500, ge=1, description="Most ingress records the processor handles per batch."
+    )
+    batch_within_s: float = Field(
+        default=0.005,
+        gt=0,
+        description="Longest wait to fill a processor batch; bounds added latency at low rates.",
+    )
+
+    @property
+    def broker_url(self) -> str:
+        """Faust wants `kafka://host:port;host:port`."""
+        hosts = [h.strip() for h in self.kafka_bootstrap.split(",") if h.strip()]
+        return ";".join(f"kafka://{host}" for host in hosts)
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        """aiokafka wants a plain host:port list."""
+        return [h.strip() for h in self.kafka_bootstrap.split(",") if h.strip()]

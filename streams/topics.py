@@ -1,0 +1,43 @@
+"""Topic names: the layout is part of the public contract (ARCHITECTURE §3).
+
+Ingress and lane topics are keyed by the tenant id as raw bytes, so one serializer is used for
+every tenant-keyed topic and table (FAUST-NOTES: mixed key serializers break partitioning).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# A tenant id doubles as a Kafka topic-name suffix and a URL path segment, so it is a slug:
+# lower-case letters, digits and inner hyphens, at most 64 characters.
+TENANT_ID_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
+
+# DLQ suffix for ingress records whose key is not a valid tenant id. The underscore cannot occur
+# in a tenant id, so no tenant can ever own this topic.
+UNROUTED_SUFFIX = "_unrouted"
+
+
+def is_valid_tenant_id(tenant_id: str) -> bool:
+    return TENANT_ID_PATTERN.fullmatch(tenant_id) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class TopicNames:
+    """Every topic name Laneway uses, derived from one prefix."""
+
+    prefix: str = "laneway."
+
+    @property
+    def ingress(self) -> str:
+        return f"{self.prefix}ingress"
+
+    def out(self, tenant_id: str) -> str:
+        return f"{self.prefix}out.{tenant_id}"
+
+    def dlq(self, tenant_id: str) -> str:
+        return f"{self.prefix}dlq.{tenant_id}"
+
+    @property
+    def dlq_unrouted(self) -> str:
+        return self.dlq(UNROUTED_SUFFIX)

@@ -1,0 +1,77 @@
+"""Integration fixtures: the real broker that `make test` starts, and real worker processes.
+
+Every test session uses its own topic prefix and app id, so runs never see each other's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from tests.integration.kafka_helpers import WorkerProcess, broker_answers
+
+BOOTSTRAP = os.environ.get("LANEWAY_KAFKA_BOOTSTRAP", "localhost:9092")
+
+
+@pytest.fixture(scope="session")
+def bootstrap() -> str:
+    # A missing broker is a set-up error, not a reason to skip: `make test` starts one.
+    if not asyncio.run(broker_answers(BOOTSTRAP, timeout_s=20.0)):
+        pytest.fail(f"no Kafka broker answers at {BOOTSTRAP}; run `make kafka-up` (or `make test`)")
+    return BOOTSTRAP
+
+
+@pytest.fixture(scope="session")
+def run_id() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="session")
+def worker_env(bootstrap: str, run_id: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Environment for worker processes of this test session."""
+    return {
+        "LANEWAY_KAFKA_BOOTSTRAP": bootstrap,
+        "LANEWAY_APP_ID": f"laneway-test-{run_id}",
+        "LANEWAY_TOPIC_PREFIX": f"lwtest-{run_id}.",
+        "LANEWAY_DATA_DIR": str(tmp_path_factory.mktemp("worker-data")),
+        "LANEWAY_INGRESS_PARTITIONS": "4",
+    }
+
+
+@pytest.fixture(scope="session")
+def worker(worker_env: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    """One real `faust -A agents.worker worker` process for the whole session."""
+    log_dir: Path = tmp_path_factory.mktemp("worker-logs")
+    process = WorkerProcess(worker_env, log_dir / "worker.log")
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+async def producer(bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        yield producer
+    finally:
+        await producer.stop()
+
+
+@pytest.fixture
+async def admin(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
+    client = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await client.start()
+    try:
+        yield client
+    finally:
+        await client.close()

@@ -1,0 +1,137 @@
+"""Helpers for integration tests: broker probe, worker processes, and polling consumers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+REPO = Path(__file__).resolve().parents[2]
+FAUST = Path(sys.executable).with_name("faust")
+
+
+async def broker_answers(bootstrap: str, timeout_s: float) -> bool:
+    """True once the broker answers a metadata request, polling until the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        client = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+        try:
+            await client.start()
+            await client.list_topics()
+            return True
+        except Exception:
+            await asyncio.sleep(0.5)
+        finally:
+            await client.close()
+    return False
+
+
+class WorkerProcess:
+    """A real `faust -A agents.worker worker` subprocess with its own log file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, web_port: int | None = None) -> None:
+        self.env = {**os.environ, **env}
+        if web_port is not None:
+            self.env["LANEWAY_WEB_PORT"] = str(web_port)
+        self.env.setdefault("LANEWAY_WEB_PORT", str(free_port()))
+        self.log_path = log_path
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self, ready_timeout_s: float = 90.0) -> None:
+        log = self.log_path.open("ab")
+        self._process = subprocess.Popen(
+            [str(FAUST), "-A", "agents.worker", "worker", "-l", "info"],
+            cwd=REPO,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + ready_timeout_s
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"worker exited during start-up:\n{self.log_tail()}")
+            if b"Ready" in self.log_path.read_bytes():
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"worker not ready within {ready_timeout_s}s:\n{self.log_tail()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> None:
+        if self._process is None or self._process.poll() is not None:
+            return
+        self._process.send_signal(sig)
+        try:
+            self._process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+    def kill(self) -> None:
+        """Hard crash: no shutdown, no final commit."""
+        self.stop(signal.SIGKILL)
+
+    def log_tail(self, lines: int = 60) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def consume_until(
+    bootstrap: str,
+    topics: Iterable[str],
+    done: Callable[[list[ConsumerRecord]], bool],
+    timeout_s: float,
+) -> list[ConsumerRecord]:
+    """Read the topics from the beginning until `done(records)` holds or the deadline passes.
+
+    Topics that do not exist yet are picked up as soon as they appear.
+    """
+    wanted = list(topics)
+    records: list[ConsumerRecord] = []
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        metadata_max_age_ms=500,
+    )
+    await consumer.start()
+    try:
+        assigned: set[TopicPartition] = set()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not done(records):
+            available = set(await consumer.topics()) & set(wanted)
+            partitions = {
+                TopicPartition(topic, partition)
+                for topic in available
+                for partition in consumer.partitions_for_topic(topic) or ()
+            }
+            if partitions - assigned:
+                # Keep the read position of partitions already assigned; new ones start at 0.
+                positions = {tp: await consumer.position(tp) for tp in assigned}
+                consumer.assign(sorted(partitions))
+                for tp in partitions:
+                    consumer.seek(tp, positions.get(tp, 0))
+                assigned = partitions
+            if not assigned:
+                await asyncio.sleep(0.2)
+                continue
+            batch = await consumer.getmany(timeout_ms=200)
+            for tp in sorted(batch, key=lambda tp: (tp.topic, tp.partition)):
+                records.extend(batch[tp])
+        return records
+    finally:
+        await consumer.stop()

@@ -1,0 +1,55 @@
+"""The app factory applies the settings the design depends on (FAUST-NOTES)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agents import build_worker
+from streams.settings import Settings
+
+
+def make_settings(**values: object) -> Settings:
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def test_worker_uses_rocksdb_raw_keys_and_hides_faust_data_views(tmp_path: Path) -> None:
+    app = build_worker(make_settings(data_dir=tmp_path, web_port=6123))
+
+    assert app.conf.store.scheme == "rocksdb"
+    assert app.conf.web_tables_enabled is False
+    assert app.conf.web_stats_enabled is False
+    assert app.conf.key_serializer == "raw"
+    assert app.conf.producer_acks == -1
+    assert app.conf.consumer_auto_offset_reset == "earliest"
+
+
+def test_each_worker_gets_its_own_data_dir(tmp_path: Path) -> None:
+    first = build_worker(make_settings(data_dir=tmp_path, web_port=6101))
+    second = build_worker(make_settings(data_dir=tmp_path, web_port=6102))
+
+    assert Path(first.conf.datadir) != Path(second.conf.datadir)
+    assert Path(first.conf.datadir).is_relative_to(tmp_path)
+
+
+def test_settings_read_laneway_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LANEWAY_KAFKA_BOOTSTRAP", "broker-a:9092, broker-b:9093")
+    monkeypatch.setenv("LANEWAY_WEB_PORT", "7000")
+    monkeypatch.setenv("LANEWAY_MLLP_PORT", "2600")
+
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+
+    assert settings.web_port == 7000
+    assert settings.mllp_port == 2600
+    assert settings.bootstrap_servers == ["broker-a:9092", "broker-b:9093"]
+    assert settings.broker_url == "kafka://broker-a:9092;kafka://broker-b:9093"
+
+
+def test_defaults_match_the_public_contract() -> None:
+    settings = make_settings()
+
+    assert settings.kafka_bootstrap == "localhost:9092"
+    assert settings.web_port == 6066
+    assert settings.mllp_port == 2575
+    assert settings.topic_prefix == "laneway."
