@@ -62,6 +62,9 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> LanewayApp
         "topic_partitions": settings.ingress_partitions,
         "topic_replication_factor": settings.topic_replication,
         "producer_linger": 0.002,
+        # A crashed worker's partitions move to a live worker after ~10 s instead of Faust's 60 s.
+        "broker_session_timeout": 10.0,
+        "broker_heartbeat_interval": 1.0,
         "autodiscover": False,
     }
     options.update(overrides)

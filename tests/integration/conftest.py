@@ -15,7 +15,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from tests.integration.kafka_helpers import WorkerProcess, broker_answers
+from tests.integration.kafka_helpers import WorkerProcess, broker_answers, delete_topics_with_prefix
 
 BOOTSTRAP = os.environ.get("LANEWAY_KAFKA_BOOTSTRAP", "localhost:9092")
 
@@ -34,15 +34,19 @@ def run_id() -> str:
 
 
 @pytest.fixture(scope="session")
-def worker_env(bootstrap: str, run_id: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Environment for worker processes of this test session."""
-    return {
+def worker_env(
+    bootstrap: str, run_id: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict]:
+    """Environment for worker processes of this test session; its topics are deleted after."""
+    yield {
         "LANEWAY_KAFKA_BOOTSTRAP": bootstrap,
         "LANEWAY_APP_ID": f"laneway-test-{run_id}",
         "LANEWAY_TOPIC_PREFIX": f"lwtest-{run_id}.",
         "LANEWAY_DATA_DIR": str(tmp_path_factory.mktemp("worker-data")),
         "LANEWAY_INGRESS_PARTITIONS": "4",
     }
+    # Faust's own topics start with the app id, Laneway's with the topic prefix.
+    asyncio.run(delete_topics_with_prefix(bootstrap, f"lwtest-{run_id}.", f"laneway-test-{run_id}"))
 
 
 @pytest.fixture(scope="session")

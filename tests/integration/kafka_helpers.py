@@ -35,6 +35,17 @@ async def broker_answers(bootstrap: str, timeout_s: float) -> bool:
     return False
 
 
+async def delete_topics_with_prefix(bootstrap: str, *prefixes: str) -> None:
+    client = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await client.start()
+    try:
+        doomed = [topic for topic in await client.list_topics() if topic.startswith(prefixes)]
+        if doomed:
+            await client.delete_topics(doomed)
+    finally:
+        await client.close()
+
+
 class WorkerProcess:
     """A real `faust -A agents.worker worker` subprocess with its own log file."""
 

@@ -10,7 +10,7 @@ import pytest
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from streams.hl7.synthetic import MALFORMED_KINDS, SyntheticFeed, batch, malformed
-from streams.processing import HEADER_IDEMPOTENCY_KEY, HEADER_TENANT
+from streams.processing import HEADER_IDEMPOTENCY_KEY, HEADER_TENANT, guess_control_id
 from streams.records import DlqRecord, NormalizedEvent
 from streams.topics import TopicNames
 from tests.integration.kafka_helpers import WorkerProcess, consume_until
@@ -34,7 +34,7 @@ async def test_mixed_corpus_ends_in_out_or_dlq_for_its_tenant(
         for index in range(VALID_PER_TENANT):
             message = feed.next_message()
             await producer.send(topics.ingress, message, key=tenant.encode())
-            expected_events[tenant].append(_control_id(message))
+            expected_events[tenant].append(guess_control_id(message))
             if index % 10 == 0:  # a malformed message of every kind, interleaved
                 kind = MALFORMED_KINDS[(index // 10) % len(MALFORMED_KINDS)]
                 sample = malformed(rng, kind)
@@ -43,7 +43,7 @@ async def test_mixed_corpus_ends_in_out_or_dlq_for_its_tenant(
         # One FHS/BHS batch record carrying three messages.
         batched = [feed.next_message() for _ in range(3)]
         await producer.send(topics.ingress, batch(batched, line_end=b"\r\n"), key=tenant.encode())
-        expected_events[tenant].extend(_control_id(message) for message in batched)
+        expected_events[tenant].extend(guess_control_id(message) for message in batched)
     await producer.send(topics.ingress, b"MSH|^~\\&|X", key=b"Not A Tenant!")
     await producer.flush()
 
@@ -90,10 +90,6 @@ async def test_event_carries_headers_and_a_reference_to_its_ingress_record(
     assert headers[HEADER_TENANT] == tenant.encode()
     assert headers[HEADER_IDEMPOTENCY_KEY] == event.idempotency_key.encode()
     assert records[0].key == tenant.encode()
-
-
-def _control_id(message: bytes) -> str:
-    return message.split(b"\r", 1)[0].split(message[3:4])[9].decode()
 
 
 def _event(record: ConsumerRecord) -> NormalizedEvent:
