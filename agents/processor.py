@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import defaultdict
 from collections.abc import AsyncIterable, Iterable
+from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from faust.types import EventT
 
 from streams.app import LanewayApp
@@ -49,11 +52,19 @@ def _ingress_record(event: EventT) -> IngressRecord:
 
 
 class OutputPublisher:
-    """Sends output records and waits for Kafka's acks=all; creates per-tenant topics on demand."""
+    """Delivers output records with acks=all; creates per-tenant topics on demand.
+
+    It owns an aiokafka producer and sends one record batch per topic, instead of one
+    Faust `send()` per record: per-record producer overhead was ~15 % of the worker's CPU.
+    Each per-tenant topic has one partition, so a batch keeps the tenant's order.
+    """
 
     def __init__(self, app: LanewayApp) -> None:
         self._app = app
         self._known_topics: set[str] = set()
+        self._producer: AIOKafkaProducer | None = None
+        self._start_lock = asyncio.Lock()
+        app.on_before_shutdown.connect(self._on_shutdown)
 
     async def publish(self, outputs: list[OutputRecord]) -> None:
         """Deliver every output, retrying until Kafka acknowledges all of them.
@@ -77,17 +88,41 @@ class OutputPublisher:
                 delay = min(delay * 2, _RETRY_MAX_DELAY_S)
 
     async def _send_all(self, outputs: Iterable[OutputRecord]) -> None:
-        producer = self._app.producer
-        pending = []
+        producer = await self._started_producer()
+        by_topic: dict[str, list[OutputRecord]] = defaultdict(list)
         for output in outputs:
-            if output.topic not in self._known_topics:
-                await self._declare(output.topic)
-            pending.append(
-                await producer.send(
-                    output.topic, output.key, output.value, None, None, output.headers
-                )
-            )
+            by_topic[output.topic].append(output)
+        pending = []
+        for topic, records in by_topic.items():
+            if topic not in self._known_topics:
+                await self._declare(topic)
+            batch = producer.create_batch()
+            for record in records:
+                # append() refuses a record only when the batch is full and non-empty; an
+                # empty batch takes any record, so this loop runs at most twice.
+                while (
+                    batch.append(
+                        key=record.key, value=record.value, timestamp=None, headers=record.headers
+                    )
+                    is None
+                ):
+                    pending.append(await producer.send_batch(batch, topic, partition=0))
+                    batch = producer.create_batch()
+            pending.append(await producer.send_batch(batch, topic, partition=0))
         await asyncio.gather(*pending)
+
+    async def _started_producer(self) -> AIOKafkaProducer:
+        async with self._start_lock:
+            if self._producer is None:
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self._app.laneway.bootstrap_servers,
+                    acks="all",
+                    enable_idempotence=True,  # broker-side dedupe of the producer's own retries
+                    max_batch_size=1024 * 1024,
+                )
+                await producer.start()
+                self._producer = producer
+            return self._producer
 
     async def _declare(self, topic: str) -> None:
         # One partition per tenant topic keeps each tenant's output in ingress order.
@@ -96,3 +131,7 @@ class OutputPublisher:
         )
         self._known_topics.add(topic)
         log.info("declared output topic %s", topic)
+
+    async def _on_shutdown(self, app: LanewayApp, **_: Any) -> None:
+        if self._producer is not None:
+            await self._producer.stop()

@@ -25,14 +25,6 @@ class IngressRef(_Record):
     offset: int
     index: int = Field(0, description="Position of the message inside a batch (FHS/BHS) record.")
 
-    def to_ref(self) -> str:
-        """The opaque `ref` string that the on-demand fetch accepts."""
-        return f"{self.partition}-{self.offset}-{self.index}"
-
-    def idempotency_key(self, tenant: str, control_id: str) -> str:
-        """Same for every redelivery of one ingress message, so consumers can drop duplicates."""
-        return f"{tenant}:{control_id}:{self.partition}-{self.offset}-{self.index}"
-
 
 class PatientIdentifier(_Record):
     id_number: str

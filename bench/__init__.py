@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench.throughput` (pipeline vs raw aiokafka pass-through)."""

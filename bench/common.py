@@ -1,0 +1,120 @@
+"""Helpers shared by the benchmarks: topic admin, the source header and consumer subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError, for_code
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / "bench" / "results"
+
+# Benchmarks run against the single-node development broker: one replica is all there is.
+REPLICATION = 1
+
+# The pass-through copies the ingress position into this header, so its outputs can be joined
+# to ingress records like the pipeline's events, whose JSON `source` field carries the same.
+SOURCE_HEADER = "lwbench-source"
+
+SourceId = tuple[int, int]
+"""(partition, offset) of an ingress record."""
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot go on; the message says why."""
+
+
+def default_bootstrap() -> str:
+    return os.environ.get("LANEWAY_KAFKA_BOOTSTRAP", "localhost:9092")
+
+
+def encode_source(partition: int, offset: int) -> bytes:
+    return f"{partition}-{offset}".encode()
+
+
+def decode_source(value: bytes) -> SourceId:
+    partition, offset = value.split(b"-")
+    return int(partition), int(offset)
+
+
+async def create_topics(admin: AIOKafkaAdminClient, names: Iterable[str], partitions: int) -> None:
+    """Create the topics; ones that already exist are fine (another worker may have won)."""
+    response = await admin.create_topics(
+        [NewTopic(name, partitions, REPLICATION) for name in names]
+    )
+    # aiokafka reports per-topic errors in the response instead of raising them.
+    for entry in response.topic_errors:
+        topic, code = entry[0], entry[1]
+        if code not in (0, TopicAlreadyExistsError.errno):
+            raise for_code(code)(f"creating topic {topic}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ConsumerProcess:
+    """A consumer subprocess (Faust worker or pass-through) writing to its own log file."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        self._command = command
+        self._env = {**os.environ, **env}
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            # A session of its own keeps the terminal's Ctrl-C away from it: the bench stops it.
+            self._process = subprocess.Popen(
+                self._command,
+                cwd=REPO,
+                env=self._env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    async def wait_for_log(self, marker: bytes, timeout_s: float) -> None:
+        """Return once `marker` shows up in the log; fail if the process dies or time runs out."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.check_alive()
+            if marker in self.log_path.read_bytes():
+                return
+            await asyncio.sleep(0.2)
+        raise BenchError(
+            f"{self.name} did not log {marker.decode()!r} within {timeout_s:.0f}s; "
+            f"log {self.log_path}:\n{self.log_tail()}"
+        )
+
+    def check_alive(self) -> None:
+        if self._process is None or self._process.poll() is not None:
+            raise BenchError(f"{self.name} is not running; log {self.log_path}:\n{self.log_tail()}")
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM for a clean shutdown, SIGKILL if it does not come in time."""
+        if self._process is None or self._process.poll() is not None:
+            return
+        self._process.send_signal(signal.SIGTERM)
+        try:
+            self._process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
