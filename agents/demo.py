@@ -55,7 +55,7 @@ async def run(
     run_tag = uuid.uuid4().hex[:6].upper()
     members = demo_tenants(tenants)
     tally = _Tally()
-    consumer = asyncio.create_task(_follow_outputs(app, members, run_tag, tally))
+    consumer = asyncio.create_task(_follow_outputs(app, members, tally))
     try:
         await _send(app, members, run_tag, rate, seconds, bad_every, tally, say)
         say("demo traffic finished; waiting briefly for the last events")
@@ -154,15 +154,16 @@ async def _send(
     await producer.flush()
 
 
-async def _follow_outputs(
-    app: LanewayApp, members: list[DemoTenant], run_tag: str, tally: _Tally
-) -> None:
+async def _follow_outputs(app: LanewayApp, members: list[DemoTenant], tally: _Tally) -> None:
     # A pattern, not a topic list: the output topics appear only once the first event is written.
     prefix = re.escape(app.topic_names.prefix)
     tenants = "|".join(re.escape(m.tenant_id) for m in members)
+    # From the beginning, so events written before the subscription settles are counted too;
+    # records older than this demo run are skipped by timestamp.
+    started_ms = int(time.time() * 1000)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=app.laneway.bootstrap_servers,
-        auto_offset_reset="latest",
+        auto_offset_reset="earliest",
         enable_auto_commit=False,
         metadata_max_age_ms=1000,
     )
@@ -170,11 +171,13 @@ async def _follow_outputs(
     await consumer.start()
     try:
         async for record in consumer:
+            if record.timestamp < started_ms:
+                continue
             document = json.loads(record.value)
             tenant = document["tenant"]
             if "reason" in document:
                 tally.count_rejected(tenant)
-            elif str(document.get("control_id", "")).startswith(run_tag):
+            else:
                 tally.count_event(tenant, document["message_type"])
     finally:
         await consumer.stop()

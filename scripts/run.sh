@@ -13,7 +13,13 @@ FAUST=.venv/bin/faust
 echo "==> starting the Laneway worker (log: $LOG_DIR/worker.log, web: http://127.0.0.1:$WEB_PORT)"
 $FAUST -A agents.worker worker -l info >"$LOG_DIR/worker.log" 2>&1 &
 WORKER_PID=$!
-trap 'echo "==> stopping worker"; kill "$WORKER_PID" 2>/dev/null; wait "$WORKER_PID" 2>/dev/null || true' EXIT INT TERM
+stop_worker() {
+  echo "==> stopping worker"
+  kill "$WORKER_PID" 2>/dev/null || true
+  wait "$WORKER_PID" 2>/dev/null || true
+}
+trap stop_worker EXIT
+trap 'exit 0' INT TERM  # Ctrl-C is the normal way to end the demo
 
 deadline=$((SECONDS + 90))
 until grep -q "Ready" "$LOG_DIR/worker.log" 2>/dev/null; do
