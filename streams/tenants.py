@@ -1,0 +1,371 @@
+"""Tenant configuration: the admin API's request models, the stored record and the in-memory
+directory every worker rebuilds from the compacted tenant topic.
+
+Pure data and logic: no Kafka, no I/O. The registry service feeds `TenantDirectory.apply` with the
+topic's records and tombstones; the admin API validates bodies with `TenantSpec`/`TenantPatch`
+(a pydantic `ValidationError` names the bad field, e.g. `senders.0.networks.1`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from streams.topics import is_valid_tenant_id
+
+DEFAULT_RATE_PER_S = 50.0
+DEFAULT_BURST = 100
+
+# HL7 v2 default delimiters. A sender value containing one can never equal a parsed MSH-3.1 or
+# MSH-4.1 component, so such an identity would silently never match.
+_HL7_DELIMITERS = frozenset("|^~\\&")
+
+
+def _parse_network(value: object) -> object:
+    # strict=False accepts "10.1.2.3/24" as 10.1.2.0/24: operators paste host addresses with a
+    # prefix length. Only strings are parsed: pydantic would otherwise read 5 as 0.0.0.5/32.
+    if isinstance(value, str):
+        return ip_network(value, strict=False)
+    if isinstance(value, IPv4Network | IPv6Network):
+        return value
+    raise ValueError("a network must be a CIDR string such as '10.0.0.0/8'")
+
+
+Network = Annotated[IPv4Network | IPv6Network, BeforeValidator(_parse_network)]
+SenderValue = Annotated[str, StringConstraints(max_length=227)]  # HL7 v2 HD data type length
+TenantName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+RatePerSecond = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Burst = Annotated[int, Field(ge=1)]
+MaskedField = Literal[
+    "patient_name", "address", "phone", "ssn", "birth_date", "free_text", "identifiers"
+]
+
+
+class _Model(BaseModel):
+    # extra="forbid": a misspelt key (e.g. "facilty") must be a 422 naming it, not a silently
+    # wider sender identity that could route another hospital's messages to this tenant.
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SenderIdentity(_Model):
+    """Who a tenant is on MLLP: MSH-3.1 and/or MSH-4.1, optionally limited to source networks.
+
+    An empty string is a wildcard; see `SenderIndex` for the matching rule.
+    """
+
+    application: SenderValue = ""
+    facility: SenderValue = ""
+    networks: list[Network] = Field(default_factory=list)
+
+    @field_validator("application", "facility")
+    @classmethod
+    def _no_hl7_delimiters(cls, value: str) -> str:
+        if _HL7_DELIMITERS.intersection(value):
+            raise ValueError("must not contain HL7 delimiters | ^ ~ \\ &")
+        return value
+
+    @model_validator(mode="after")
+    def _application_or_facility(self) -> Self:
+        if not self.application and not self.facility:
+            raise ValueError("a sender needs 'application' (MSH-3) or 'facility' (MSH-4) or both")
+        return self
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.application, self.facility)
+
+    def admits(self, peer: IPv4Address | IPv6Address | None) -> bool:
+        """True if traffic from `peer` may use this identity (always, when no networks are set)."""
+        if not self.networks:
+            return True
+        if peer is None:  # the listener could not tell where the connection came from
+            return False
+        # A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d, which no IPv4Network holds.
+        if isinstance(peer, IPv6Address) and peer.ipv4_mapped is not None:
+            peer = peer.ipv4_mapped
+        return any(peer in network for network in self.networks)
+
+
+class OutputOptions(_Model):
+    mode: Literal["full", "thin"] = "full"
+    mask: list[MaskedField] = Field(default_factory=list)
+    mask_method: Literal["hash", "drop"] = "hash"
+
+
+class LaneSettings(_Model):
+    """Operator pinning of the tenant's lane; "auto" leaves the choice to the router."""
+
+    pinned: Literal["auto", "shared", "dedicated"] = "auto"
+    dedicated_lane: int | None = Field(default=None, ge=0)
+
+
+def _unique_senders(senders: list[SenderIdentity]) -> list[SenderIdentity]:
+    # Two entries with one (application, facility) key would make it ambiguous whose networks
+    # apply, and the index keeps one identity per key and tenant.
+    seen: set[tuple[str, str]] = set()
+    for position, sender in enumerate(senders):
+        if sender.key in seen:
+            raise ValueError(
+                f"sender {position} repeats application={sender.application!r}, "
+                f"facility={sender.facility!r}"
+            )
+        seen.add(sender.key)
+    return senders
+
+
+Senders = Annotated[list[SenderIdentity], AfterValidator(_unique_senders)]
+
+
+class TenantSpec(_Model):
+    """A tenant as the admin API accepts it (POST body)."""
+
+    id: str
+    name: TenantName
+    senders: Senders = Field(default_factory=list, description="Empty for an HTTP-only tenant.")
+    rate_per_s: RatePerSecond = DEFAULT_RATE_PER_S
+    burst: Burst = DEFAULT_BURST
+    lane: LaneSettings = Field(default_factory=LaneSettings)
+    output: OutputOptions = Field(default_factory=OutputOptions)
+    paused: bool = False
+
+    @field_validator("id")
+    @classmethod
+    def _slug_id(cls, value: str) -> str:
+        if not is_valid_tenant_id(value):
+            raise ValueError(
+                "tenant id must be 1-64 lower-case letters, digits or inner hyphens, "
+                "e.g. 'st-marys'"
+            )
+        return value
+
+    # Checked here rather than in LaneSettings so that a PATCH of {"lane": {"dedicated_lane": 2}}
+    # is judged after merging with the stored "pinned", not against its default.
+    @field_validator("lane")
+    @classmethod
+    def _lane_only_when_dedicated(cls, lane: LaneSettings) -> LaneSettings:
+        if lane.dedicated_lane is not None and lane.pinned != "dedicated":
+            raise ValueError("'dedicated_lane' can only be set when 'pinned' is 'dedicated'")
+        return lane
+
+
+class TenantPatch(_Model):
+    """A PATCH body: any TenantSpec field except `id` (which never changes).
+
+    Merge semantics: fields absent from the body keep their value; nested objects (`lane`,
+    `output`) are merged key by key, so `{"output": {"mode": "thin"}}` keeps the mask list (a
+    patch must not silently unmask PHI); lists (`senders`, `mask`) are replaced whole. `null` is a
+    value, so it is a 422 for every field that is not nullable.
+    """
+
+    name: TenantName | None = None
+    senders: Senders | None = None
+    rate_per_s: RatePerSecond | None = None
+    burst: Burst | None = None
+    lane: LaneSettings | None = None
+    output: OutputOptions | None = None
+    paused: bool | None = None
+
+    def apply(self, spec: TenantSpec) -> TenantSpec:
+        """The spec with this patch applied, re-validated (cross-field rules included)."""
+        # exclude_unset recurses into nested models, so only keys present in the body survive.
+        changes = self.model_dump(exclude_unset=True)
+        return TenantSpec.model_validate(_merge(_spec_fields(spec), changes))
+
+
+def _spec_fields(spec: TenantSpec) -> dict[str, Any]:
+    # `include` drops the record-only fields when a TenantRecord is passed as a spec.
+    return spec.model_dump(include=set(TenantSpec.model_fields))
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class TenantRecord(TenantSpec):
+    """A tenant as stored in the compacted tenant topic (keyed by tenant id)."""
+
+    # The pattern refuses a raw token stored by mistake: only a SHA-256 hex digest fits.
+    token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", repr=False)
+    created_at: str
+    updated_at: str
+    version: int = Field(ge=1)
+
+    @classmethod
+    def create(cls, spec: TenantSpec, token_sha256: str, now: datetime) -> TenantRecord:
+        stamp = now.isoformat()
+        return cls(
+            **_spec_fields(spec),
+            token_sha256=token_sha256,
+            created_at=stamp,
+            updated_at=stamp,
+            version=1,
+        )
+
+    def revise(self, spec: TenantSpec, now: datetime) -> TenantRecord:
+        """The next version of this record carrying `spec` (same id, token and creation time)."""
+        if spec.id != self.id:
+            raise ValueError(f"cannot revise tenant {self.id!r} with the spec of {spec.id!r}")
+        return TenantRecord(
+            **_spec_fields(spec),
+            token_sha256=self.token_sha256,
+            created_at=self.created_at,
+            updated_at=now.isoformat(),
+            version=self.version + 1,
+        )
+
+    def public_view(self) -> dict[str, Any]:
+        """What GET returns: everything but the token hash, JSON-ready."""
+        return self.model_dump(mode="json", exclude={"token_sha256"})
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> TenantRecord:
+        return cls.model_validate_json(data)
+
+
+_SenderKey = tuple[str, str]
+_Claim = tuple[str, SenderIdentity]  # (tenant id, the identity that tenant configured)
+
+
+class SenderIndex:
+    """Maps an MLLP sender (MSH-3.1, MSH-4.1, peer address) to a tenant id in O(1).
+
+    Matching rule:
+    - An identity with both application and facility matches only that exact pair; one with only
+      an application matches any facility; one with only a facility matches any application.
+    - The most specific identity wins: pair, then application-only, then facility-only.
+    - If the winning identity lists networks, the peer must be inside one of them, otherwise the
+      message matches no tenant. There is no fall-through to a less specific identity (possibly
+      another tenant's): a network mismatch means reject.
+    - If two tenants claim the same key (a race the admin API's 409 check cannot fully exclude),
+      that key matches nobody until one of them changes: every worker reaches the same answer
+      whatever order it read the records in, and no tenant receives another's messages.
+    - Strings compare exactly and case-sensitively: HL7 values are case-sensitive, and folding
+      case could merge two distinct senders.
+    """
+
+    __slots__ = ("_claims", "_keys_by_tenant")
+
+    def __init__(self) -> None:
+        # Nearly every key has exactly one claim; a tuple keeps that case small.
+        self._claims: dict[_SenderKey, tuple[_Claim, ...]] = {}
+        self._keys_by_tenant: dict[str, tuple[_SenderKey, ...]] = {}
+
+    def __len__(self) -> int:
+        return len(self._claims)
+
+    def resolve(
+        self, application: str, facility: str, peer: IPv4Address | IPv6Address | None
+    ) -> str | None:
+        for key in ((application, facility), (application, ""), ("", facility)):
+            claims = self._claims.get(key)
+            if claims is None:
+                continue
+            if len(claims) > 1:
+                return None
+            tenant_id, identity = claims[0]
+            return tenant_id if identity.admits(peer) else None
+        return None
+
+    def conflicts(self, tenant_id: str, senders: Iterable[SenderIdentity]) -> list[SenderIdentity]:
+        """The identities in `senders` whose key a different tenant already claims."""
+        return [
+            sender
+            for sender in senders
+            if any(owner != tenant_id for owner, _ in self._claims.get(sender.key, ()))
+        ]
+
+    def put(self, tenant_id: str, senders: Sequence[SenderIdentity]) -> None:
+        """Make `senders` the tenant's complete set of identities (stale keys are dropped)."""
+        self.remove(tenant_id)
+        if not senders:
+            return
+        for sender in senders:
+            self._claims[sender.key] = (*self._claims.get(sender.key, ()), (tenant_id, sender))
+        self._keys_by_tenant[tenant_id] = tuple(sender.key for sender in senders)
+
+    def remove(self, tenant_id: str) -> None:
+        for key in self._keys_by_tenant.pop(tenant_id, ()):
+            remaining = tuple(claim for claim in self._claims[key] if claim[0] != tenant_id)
+            if remaining:
+                self._claims[key] = remaining
+            else:
+                del self._claims[key]
+
+
+class TenantDirectory:
+    """Every tenant a worker knows, rebuilt from the compacted tenant topic.
+
+    Also indexes senders (MLLP routing) and token hashes (which tenant a bearer token belongs to,
+    so a valid token of another tenant can be told apart from an invalid one).
+    """
+
+    __slots__ = ("_records", "_senders", "_tenant_by_token")
+
+    def __init__(self) -> None:
+        self._records: dict[str, TenantRecord] = {}
+        self._senders = SenderIndex()
+        self._tenant_by_token: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def apply(self, tenant_id: str, record: TenantRecord | None) -> None:
+        """Apply one topic record: a tenant's latest version, or None for a tombstone (deleted).
+
+        Raises ValueError if the record's id differs from its key: such a record cannot be trusted
+        and is left to the caller to report.
+        """
+        if record is not None and record.id != tenant_id:
+            raise ValueError(f"record key {tenant_id!r} does not match its id {record.id!r}")
+        previous = self._records.pop(tenant_id, None)
+        if previous is not None and self._tenant_by_token.get(previous.token_sha256) == tenant_id:
+            del self._tenant_by_token[previous.token_sha256]
+        if record is None:
+            self._senders.remove(tenant_id)
+            return
+        self._records[tenant_id] = record
+        self._tenant_by_token[record.token_sha256] = tenant_id
+        self._senders.put(tenant_id, record.senders)
+
+    def get(self, tenant_id: str) -> TenantRecord | None:
+        return self._records.get(tenant_id)
+
+    def all(self) -> list[TenantRecord]:
+        return list(self._records.values())
+
+    def resolve_sender(
+        self, application: str, facility: str, peer: IPv4Address | IPv6Address | None
+    ) -> str | None:
+        """The tenant id for an MLLP message; see `SenderIndex` for the rule."""
+        return self._senders.resolve(application, facility, peer)
+
+    def sender_conflicts(
+        self, tenant_id: str, senders: Iterable[SenderIdentity]
+    ) -> list[SenderIdentity]:
+        """Identities another tenant already claims (the admin API answers 409)."""
+        return self._senders.conflicts(tenant_id, senders)
+
+    def tenant_for_token_hash(self, token_sha256: str) -> str | None:
+        return self._tenant_by_token.get(token_sha256)

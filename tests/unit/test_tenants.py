@@ -1,0 +1,575 @@
+"""Tenant models, the sender index and the tenant directory."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from streams.tenants import (
+    DEFAULT_BURST,
+    DEFAULT_RATE_PER_S,
+    SenderIdentity,
+    SenderIndex,
+    TenantDirectory,
+    TenantPatch,
+    TenantRecord,
+    TenantSpec,
+)
+
+EXAMPLE_BODY: dict[str, Any] = {
+    "id": "st-marys",
+    "name": "St Mary's",
+    "senders": [{"application": "EPIC", "facility": "STMARYS"}],
+    "rate_per_s": 50,
+    "burst": 100,
+}
+CREATED = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
+UPDATED = datetime(2024, 5, 2, 9, 30, tzinfo=UTC)
+PEER = IPv4Address("10.1.2.3")
+
+
+def body(**overrides: Any) -> dict[str, Any]:
+    return {**EXAMPLE_BODY, **overrides}
+
+
+def sender(
+    application: str = "", facility: str = "", networks: tuple[str, ...] = ()
+) -> SenderIdentity:
+    return SenderIdentity(application=application, facility=facility, networks=list(networks))
+
+
+def record(tenant_id: str, *senders: SenderIdentity, token_digit: str = "a") -> TenantRecord:
+    return record_with_hash(tenant_id, list(senders), token_digit * 64)
+
+
+def record_with_hash(
+    tenant_id: str, senders: list[SenderIdentity], token_sha256: str
+) -> TenantRecord:
+    spec = TenantSpec(id=tenant_id, name=tenant_id, senders=senders)
+    return TenantRecord.create(spec, token_sha256, CREATED)
+
+
+def only_error(exc: pytest.ExceptionInfo[ValidationError]) -> tuple[tuple[int | str, ...], str]:
+    (error,) = exc.value.errors()
+    return error["loc"], error["msg"]
+
+
+# --- TenantSpec -------------------------------------------------------------------------------
+
+
+def test_the_documented_example_body_validates_from_json() -> None:
+    spec = TenantSpec.model_validate_json(json.dumps(EXAMPLE_BODY))
+
+    assert spec.id == "st-marys"
+    assert spec.senders == [SenderIdentity(application="EPIC", facility="STMARYS")]
+    assert (spec.rate_per_s, spec.burst, spec.paused) == (50.0, 100, False)
+    assert (spec.lane.pinned, spec.output.mode, spec.output.mask) == ("auto", "full", [])
+
+
+def test_defaults_for_a_minimal_http_only_tenant() -> None:
+    spec = TenantSpec.model_validate({"id": "lab42", "name": "Lab 42"})
+
+    assert spec.senders == []
+    assert (spec.rate_per_s, spec.burst) == (DEFAULT_RATE_PER_S, DEFAULT_BURST)
+
+
+def test_networks_accept_host_bits_and_both_ip_versions() -> None:
+    spec = TenantSpec.model_validate(
+        body(senders=[{"facility": "LAB", "networks": ["10.1.2.3/24", "2001:db8::7/64"]}])
+    )
+
+    assert spec.senders[0].networks == [IPv4Network("10.1.2.0/24"), IPv6Network("2001:db8::/64")]
+
+
+def test_name_is_trimmed() -> None:
+    assert TenantSpec.model_validate(body(name="  St Mary's ")).name == "St Mary's"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "loc", "message"),
+    [
+        ({"id": "St_Marys"}, ("id",), "lower-case"),
+        ({"id": ""}, ("id",), "lower-case"),
+        ({"name": ""}, ("name",), "at least 1"),
+        ({"name": "   "}, ("name",), "at least 1"),
+        ({"name": "x" * 201}, ("name",), "at most 200"),
+        ({"senders": [{}]}, ("senders", 0), "'application' (MSH-3) or 'facility'"),
+        ({"senders": [{"application": "", "facility": ""}]}, ("senders", 0), "'application'"),
+        ({"senders": [{"application": "EP^IC"}]}, ("senders", 0, "application"), "delimiters"),
+        ({"senders": [{"facility": "A|B"}]}, ("senders", 0, "facility"), "delimiters"),
+        (
+            {"senders": [{"facility": "LAB", "networks": ["10.0.0.0/8", "10.0.0.0/33"]}]},
+            ("senders", 0, "networks", 1),
+            "does not appear to be",
+        ),
+        (
+            {"senders": [{"facility": "LAB", "networks": [5]}]},
+            ("senders", 0, "networks", 0),
+            "CIDR string",
+        ),
+        (
+            {"senders": [{"application": "EPIC", "facilty": "STMARYS"}]},
+            ("senders", 0, "facilty"),
+            "Extra inputs",
+        ),
+        (
+            {"senders": [{"application": "EPIC"}, {"application": "EPIC", "networks": []}]},
+            ("senders",),
+            "sender 1 repeats",
+        ),
+        ({"colour": "blue"}, ("colour",), "Extra inputs"),
+        ({"rate_per_s": -1}, ("rate_per_s",), "greater than 0"),
+        ({"rate_per_s": 0}, ("rate_per_s",), "greater than 0"),
+        ({"rate_per_s": float("inf")}, ("rate_per_s",), "finite"),
+        ({"burst": 0}, ("burst",), "greater than or equal to 1"),
+        ({"output": {"mask": ["dob"]}}, ("output", "mask", 0), "'birth_date'"),
+        ({"output": {"mode": "slim"}}, ("output", "mode"), "'thin'"),
+        ({"output": {"mask_method": "rot13"}}, ("output", "mask_method"), "'drop'"),
+        ({"lane": {"pinned": "mine"}}, ("lane", "pinned"), "'dedicated'"),
+        ({"lane": {"pinned": "dedicated", "dedicated_lane": -1}}, ("lane", "dedicated_lane"), ""),
+        ({"lane": {"dedicated_lane": 2}}, ("lane",), "'dedicated_lane' can only be set"),
+    ],
+)
+def test_each_invalid_field_is_named(
+    overrides: dict[str, Any], loc: tuple[int | str, ...], message: str
+) -> None:
+    with pytest.raises(ValidationError) as exc:
+        TenantSpec.model_validate(body(**overrides))
+
+    assert only_error(exc)[0] == loc
+    assert message in only_error(exc)[1]
+
+
+def test_a_dedicated_lane_can_be_pinned() -> None:
+    lane = {"pinned": "dedicated", "dedicated_lane": 2}
+
+    assert TenantSpec.model_validate(body(lane=lane)).lane.dedicated_lane == 2
+
+
+# --- TenantPatch ------------------------------------------------------------------------------
+
+
+def stored_spec() -> TenantSpec:
+    return TenantSpec.model_validate(
+        body(output={"mode": "full", "mask": ["ssn", "phone"], "mask_method": "drop"})
+    )
+
+
+def test_patch_changes_only_the_fields_it_names() -> None:
+    before = stored_spec()
+
+    after = TenantPatch.model_validate({"rate_per_s": 75, "paused": True}).apply(before)
+
+    assert (after.rate_per_s, after.paused) == (75.0, True)
+    assert after.model_dump(exclude={"rate_per_s", "paused"}) == before.model_dump(
+        exclude={"rate_per_s", "paused"}
+    )
+
+
+def test_patch_merges_nested_objects_so_masking_survives_a_mode_change() -> None:
+    after = TenantPatch.model_validate({"output": {"mode": "thin"}}).apply(stored_spec())
+
+    assert after.output.model_dump() == {
+        "mode": "thin",
+        "mask": ["ssn", "phone"],
+        "mask_method": "drop",
+    }
+
+
+def test_patch_replaces_lists_whole() -> None:
+    patch = TenantPatch.model_validate({"senders": [{"facility": "LAB"}]})
+
+    assert patch.apply(stored_spec()).senders == [SenderIdentity(facility="LAB")]
+
+
+def test_empty_patch_is_a_no_op() -> None:
+    assert TenantPatch.model_validate({}).apply(stored_spec()) == stored_spec()
+
+
+def test_patch_judges_the_lane_rule_after_merging() -> None:
+    pinned = TenantSpec.model_validate(body(lane={"pinned": "dedicated", "dedicated_lane": 1}))
+    move = TenantPatch.model_validate({"lane": {"dedicated_lane": 3}})
+
+    assert move.apply(pinned).lane.model_dump() == {"pinned": "dedicated", "dedicated_lane": 3}
+    with pytest.raises(ValidationError) as exc:
+        move.apply(stored_spec())
+    assert only_error(exc)[0] == ("lane",)
+
+
+@pytest.mark.parametrize(
+    ("patch", "loc"),
+    [
+        ({"id": "other"}, ("id",)),
+        ({"rate_per_s": -5}, ("rate_per_s",)),
+        ({"senders": [{"networks": ["10.0.0.0/8"]}]}, ("senders", 0)),
+        ({"output": {"mask": ["everything"]}}, ("output", "mask", 0)),
+    ],
+)
+def test_invalid_patch_names_the_field(patch: dict[str, Any], loc: tuple[int | str, ...]) -> None:
+    with pytest.raises(ValidationError) as exc:
+        TenantPatch.model_validate(patch)
+
+    assert only_error(exc)[0] == loc
+
+
+def test_null_cannot_clear_a_required_field() -> None:
+    with pytest.raises(ValidationError) as exc:
+        TenantPatch.model_validate({"rate_per_s": None}).apply(stored_spec())
+
+    assert only_error(exc)[0] == ("rate_per_s",)
+
+
+def test_patch_applies_to_a_stored_record() -> None:
+    stored = TenantRecord.create(stored_spec(), "a" * 64, CREATED)
+
+    after = TenantPatch.model_validate({"name": "Renamed"}).apply(stored)
+
+    assert type(after) is TenantSpec
+    assert (after.id, after.name) == ("st-marys", "Renamed")
+
+
+# --- TenantRecord -----------------------------------------------------------------------------
+
+
+def test_create_starts_at_version_one() -> None:
+    created = TenantRecord.create(stored_spec(), "a" * 64, CREATED)
+
+    assert created.version == 1
+    assert created.created_at == created.updated_at == "2024-05-01T08:00:00+00:00"
+    assert created.token_sha256 == "a" * 64
+
+
+def test_revise_bumps_version_and_keeps_identity_fields() -> None:
+    created = TenantRecord.create(stored_spec(), "a" * 64, CREATED)
+    renamed = TenantPatch.model_validate({"name": "Renamed"}).apply(created)
+
+    revised = created.revise(renamed, UPDATED)
+
+    assert (revised.version, revised.name) == (2, "Renamed")
+    assert (revised.created_at, revised.token_sha256) == (created.created_at, "a" * 64)
+    assert revised.updated_at == "2024-05-02T09:30:00+00:00"
+
+
+def test_revise_refuses_another_tenants_spec() -> None:
+    created = TenantRecord.create(stored_spec(), "a" * 64, CREATED)
+
+    with pytest.raises(ValueError, match="other"):
+        created.revise(TenantSpec(id="other", name="Other"), UPDATED)
+
+
+def test_public_view_hides_the_token_hash_and_is_json_ready() -> None:
+    spec = TenantSpec.model_validate(
+        body(senders=[{"application": "EPIC", "networks": ["10.0.0.0/8"]}])
+    )
+    view = TenantRecord.create(spec, "a" * 64, CREATED).public_view()
+
+    assert "token_sha256" not in view
+    assert "a" * 64 not in json.dumps(view)
+    assert view["senders"] == [{"application": "EPIC", "facility": "", "networks": ["10.0.0.0/8"]}]
+    assert view["version"] == 1
+
+
+def test_repr_does_not_show_the_token_hash() -> None:
+    assert "a" * 64 not in repr(TenantRecord.create(stored_spec(), "a" * 64, CREATED))
+
+
+def test_json_round_trip() -> None:
+    spec = TenantSpec.model_validate(
+        body(
+            senders=[{"facility": "LAB", "networks": ["10.0.0.0/8", "2001:db8::/32"]}],
+            lane={"pinned": "dedicated", "dedicated_lane": 0},
+            output={"mode": "thin", "mask": ["ssn"]},
+            paused=True,
+        )
+    )
+    stored = TenantRecord.create(spec, "b" * 64, CREATED)
+
+    assert TenantRecord.from_json(stored.to_json()) == stored
+
+
+@pytest.mark.parametrize("token_sha256", ["lw_not-a-hash", "A" * 64, "a" * 63])
+def test_record_only_stores_a_sha256_hex_digest(token_sha256: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        TenantRecord.create(stored_spec(), token_sha256, CREATED)
+
+    assert only_error(exc)[0] == ("token_sha256",)
+
+
+# --- SenderIndex ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def layered_index() -> SenderIndex:
+    index = SenderIndex()
+    index.put("pair", [sender("EPIC", "STMARYS")])
+    index.put("app-only", [sender(application="EPIC")])
+    index.put("facility-only", [sender(facility="STMARYS")])
+    return index
+
+
+@pytest.mark.parametrize(
+    ("application", "facility", "tenant"),
+    [
+        ("EPIC", "STMARYS", "pair"),
+        ("EPIC", "OTHER", "app-only"),
+        ("EPIC", "", "app-only"),
+        ("CERNER", "STMARYS", "facility-only"),
+        ("", "STMARYS", "facility-only"),
+        ("CERNER", "OTHER", None),
+        ("", "", None),
+        ("epic", "stmarys", None),  # case-sensitive
+        ("EPIC ", "OTHER", None),  # no trimming either
+    ],
+)
+def test_most_specific_identity_wins(
+    layered_index: SenderIndex, application: str, facility: str, tenant: str | None
+) -> None:
+    assert layered_index.resolve(application, facility, PEER) == tenant
+
+
+def test_pair_identity_does_not_match_another_facility() -> None:
+    index = SenderIndex()
+    index.put("pair", [sender("EPIC", "STMARYS")])
+
+    assert index.resolve("EPIC", "OTHER", PEER) is None
+    assert index.resolve("OTHER", "STMARYS", PEER) is None
+
+
+def test_networks_restrict_the_peer() -> None:
+    index = SenderIndex()
+    index.put("t", [sender("EPIC", networks=("10.1.0.0/16", "2001:db8::/32"))])
+
+    assert index.resolve("EPIC", "", IPv4Address("10.1.200.7")) == "t"
+    assert index.resolve("EPIC", "", IPv6Address("2001:db8::1")) == "t"
+    assert index.resolve("EPIC", "", IPv4Address("10.2.0.1")) is None
+    assert index.resolve("EPIC", "", None) is None
+
+
+def test_ipv4_mapped_peer_of_a_dual_stack_listener_matches_an_ipv4_network() -> None:
+    index = SenderIndex()
+    index.put("t", [sender("EPIC", networks=("10.1.0.0/16",))])
+
+    assert index.resolve("EPIC", "", ip_address("::ffff:10.1.2.3")) == "t"
+    assert index.resolve("EPIC", "", ip_address("::ffff:10.9.2.3")) is None
+
+
+def test_network_mismatch_rejects_instead_of_falling_through() -> None:
+    index = SenderIndex()
+    index.put("pair", [sender("EPIC", "STMARYS", networks=("10.1.0.0/16",))])
+    index.put("app-only", [sender(application="EPIC")])
+
+    assert index.resolve("EPIC", "STMARYS", IPv4Address("10.1.0.1")) == "pair"
+    assert index.resolve("EPIC", "STMARYS", IPv4Address("192.168.0.1")) is None
+    assert index.resolve("EPIC", "OTHER", IPv4Address("192.168.0.1")) == "app-only"
+
+
+def test_changing_senders_drops_stale_keys() -> None:
+    index = SenderIndex()
+    index.put("t", [sender("EPIC", "STMARYS"), sender(facility="LAB")])
+
+    index.put("t", [sender("EPIC", "STMARYS")])
+
+    assert index.resolve("EPIC", "STMARYS", PEER) == "t"
+    assert index.resolve("ANY", "LAB", PEER) is None
+    assert len(index) == 1
+    assert index.conflicts("other", [sender(facility="LAB")]) == []
+
+
+def test_changing_networks_of_a_kept_key_takes_effect() -> None:
+    index = SenderIndex()
+    index.put("t", [sender("EPIC", networks=("10.0.0.0/8",))])
+
+    index.put("t", [sender("EPIC", networks=("192.168.0.0/16",))])
+
+    assert index.resolve("EPIC", "", IPv4Address("10.0.0.1")) is None
+    assert index.resolve("EPIC", "", IPv4Address("192.168.0.1")) == "t"
+
+
+def test_remove_forgets_the_tenant_and_leaves_others() -> None:
+    index = SenderIndex()
+    index.put("a", [sender("EPIC")])
+    index.put("b", [sender("CERNER")])
+
+    index.remove("a")
+    index.remove("never-added")
+
+    assert index.resolve("EPIC", "", PEER) is None
+    assert index.resolve("CERNER", "", PEER) == "b"
+    assert len(index) == 1
+
+
+def test_conflicts_are_the_same_key_claimed_by_another_tenant() -> None:
+    index = SenderIndex()
+    index.put("a", [sender("EPIC", "STMARYS"), sender(facility="LAB")])
+    taken = sender("EPIC", "STMARYS", networks=("10.0.0.0/8",))
+
+    found = index.conflicts("b", [taken, sender("EPIC"), sender(facility="LAB2")])
+
+    assert found == [taken]
+    assert index.conflicts("a", [sender("EPIC", "STMARYS"), sender(facility="LAB")]) == []
+
+
+def test_a_contested_key_routes_to_nobody_until_resolved() -> None:
+    index = SenderIndex()
+    index.put("a", [sender("EPIC", "STMARYS")])
+    index.put("b", [sender("EPIC", "STMARYS")])
+    index.put("fallback", [sender(application="EPIC")])
+
+    assert index.resolve("EPIC", "STMARYS", PEER) is None
+    index.remove("a")
+    assert index.resolve("EPIC", "STMARYS", PEER) == "b"
+
+
+_VALUES = st.sampled_from(["", "A", "B"])
+_NETS = st.sampled_from([(), ("10.0.0.0/8",), ("192.168.0.0/16",)])
+_IDENTITIES = st.tuples(_VALUES, _VALUES, _NETS).filter(lambda t: t[0] or t[1])
+
+
+def _reference_resolve(
+    claims: list[tuple[str, SenderIdentity]], application: str, facility: str, peer: IPv4Address
+) -> str | None:
+    """The matching rule written as "filter, then keep the most specific" for comparison."""
+    matching = [
+        (tenant, identity)
+        for tenant, identity in claims
+        if identity.application in ("", application) and identity.facility in ("", facility)
+    ]
+    if not matching:
+        return None
+
+    def rank(identity: SenderIdentity) -> int:
+        return 2 if identity.application and identity.facility else int(bool(identity.application))
+
+    best = max(rank(identity) for _, identity in matching)
+    winners = [(tenant, identity) for tenant, identity in matching if rank(identity) == best]
+    if len(winners) > 1:
+        return None
+    tenant, identity = winners[0]
+    if identity.networks and not any(peer in network for network in identity.networks):
+        return None
+    return tenant
+
+
+@given(
+    tenants=st.lists(st.lists(_IDENTITIES, max_size=3, unique_by=lambda t: t[:2]), max_size=4),
+    application=_VALUES,
+    facility=_VALUES,
+    peer=st.sampled_from([IPv4Address("10.0.0.1"), IPv4Address("192.168.0.1")]),
+)
+def test_index_agrees_with_the_reference_rule(
+    tenants: list[list[tuple[str, str, tuple[str, ...]]]],
+    application: str,
+    facility: str,
+    peer: IPv4Address,
+) -> None:
+    index = SenderIndex()
+    claims: list[tuple[str, SenderIdentity]] = []
+    for number, identities in enumerate(tenants):
+        senders = [sender(*identity) for identity in identities]
+        index.put(f"t{number}", senders)
+        claims += [(f"t{number}", s) for s in senders]
+
+    assert index.resolve(application, facility, peer) == _reference_resolve(
+        claims, application, facility, peer
+    )
+
+
+# --- TenantDirectory --------------------------------------------------------------------------
+
+
+def test_directory_applies_a_record() -> None:
+    directory = TenantDirectory()
+    stored = record("st-marys", sender("EPIC", "STMARYS"))
+
+    directory.apply("st-marys", stored)
+
+    assert directory.get("st-marys") == stored
+    assert directory.all() == [stored]
+    assert directory.resolve_sender("EPIC", "STMARYS", PEER) == "st-marys"
+    assert directory.tenant_for_token_hash("a" * 64) == "st-marys"
+    assert directory.sender_conflicts("other", [sender("EPIC", "STMARYS")]) == [
+        sender("EPIC", "STMARYS")
+    ]
+
+
+def test_directory_update_replaces_senders_and_token() -> None:
+    directory = TenantDirectory()
+    directory.apply("st-marys", record("st-marys", sender("EPIC"), token_digit="a"))
+
+    directory.apply("st-marys", record("st-marys", sender("CERNER"), token_digit="b"))
+
+    assert directory.resolve_sender("EPIC", "", PEER) is None
+    assert directory.resolve_sender("CERNER", "", PEER) == "st-marys"
+    assert directory.tenant_for_token_hash("a" * 64) is None
+    assert directory.tenant_for_token_hash("b" * 64) == "st-marys"
+    assert len(directory) == 1
+
+
+def test_tombstone_deletes_everything_about_the_tenant() -> None:
+    directory = TenantDirectory()
+    directory.apply("st-marys", record("st-marys", sender("EPIC")))
+    directory.apply("lab42", record("lab42", sender("LIS"), token_digit="c"))
+
+    directory.apply("st-marys", None)
+    directory.apply("never-existed", None)
+
+    assert directory.get("st-marys") is None
+    assert directory.resolve_sender("EPIC", "", PEER) is None
+    assert directory.tenant_for_token_hash("a" * 64) is None
+    assert [r.id for r in directory.all()] == ["lab42"]
+    assert directory.resolve_sender("LIS", "", PEER) == "lab42"
+
+
+def test_record_under_the_wrong_key_is_refused_and_changes_nothing() -> None:
+    directory = TenantDirectory()
+    directory.apply("st-marys", record("st-marys", sender("EPIC")))
+
+    with pytest.raises(ValueError, match="does not match"):
+        directory.apply("st-marys", record("lab42", sender("LIS"), token_digit="c"))
+
+    assert directory.get("st-marys") is not None
+    assert directory.resolve_sender("LIS", "", PEER) is None
+
+
+def _token_hash(number: int) -> str:
+    return hashlib.sha256(f"token-{number}".encode()).hexdigest()
+
+
+def _site(number: int) -> str:
+    return f"10.{number // 256}.{number % 256}"
+
+
+def test_ten_thousand_tenants_resolve_correctly() -> None:
+    count = 10_000
+    outside = IPv4Address("192.0.2.1")
+    directory = TenantDirectory()
+    for n in range(count):
+        senders = [
+            sender(f"APP{n}", f"FAC{n}"),
+            sender(facility=f"S{n}", networks=(f"{_site(n)}.0/24",)),
+        ]
+        directory.apply(f"t{n}", record_with_hash(f"t{n}", senders, _token_hash(n)))
+
+    assert len(directory) == count
+    for n in range(count):
+        assert directory.resolve_sender(f"APP{n}", f"FAC{n}", None) == f"t{n}"
+        assert directory.resolve_sender("ANY", f"S{n}", IPv4Address(f"{_site(n)}.9")) == f"t{n}"
+        assert directory.resolve_sender("ANY", f"S{n}", outside) is None
+        assert directory.tenant_for_token_hash(_token_hash(n)) == f"t{n}"
+
+    for n in range(0, count, 2):
+        directory.apply(f"t{n}", None)
+
+    assert len(directory) == count // 2
+    for n in range(count):
+        expected = None if n % 2 == 0 else f"t{n}"
+        assert directory.resolve_sender(f"APP{n}", f"FAC{n}", None) == expected
+        assert directory.tenant_for_token_hash(_token_hash(n)) == expected
