@@ -24,6 +24,21 @@ class Settings(BaseSettings):
     web_port: int = Field(default=6066, description="Port of the worker's web server.")
     web_host: str = Field(default="127.0.0.1", description="Interface the web server binds.")
     mllp_port: int = Field(default=2575, description="Port of the MLLP listener.")
+    mllp_host: str = Field(default="127.0.0.1", description="Interface the MLLP listener binds.")
+    mllp_max_frame_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="Largest MLLP frame; larger ones are refused."
+    )
+    mllp_idle_timeout_s: float = Field(
+        default=300.0, gt=0, description="An MLLP connection silent this long is closed."
+    )
+    http_max_body_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="Largest HTTP ingest body (413 above)."
+    )
+    ingest_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Longest wait for Kafka to acknowledge an ingress write before AR / 503.",
+    )
     data_dir: Path = Field(
         default=Path(".run/data"),
         description="Root of worker state; each worker uses its own sub-folder.",

@@ -32,6 +32,11 @@ class TopicNames:
     def ingress(self) -> str:
         return f"{self.prefix}ingress"
 
+    @property
+    def tenants(self) -> str:
+        """Compacted topic of tenant configs, keyed by tenant id."""
+        return f"{self.prefix}tenants"
+
     def out(self, tenant_id: str) -> str:
         return f"{self.prefix}out.{tenant_id}"
 

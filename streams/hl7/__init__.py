@@ -1,8 +1,7 @@
-"""HL7 v2 ER7 fast path: batch splitting, validation and field extraction."""
+"""HL7 v2 ER7 fast path: batch splitting, header reading, validation and field extraction."""
 
 from streams.hl7.er7 import Delimiters, Hl7Error, escape, split_batch, unescape
 from streams.hl7.extract import (
-    SUPPORTED_VERSIONS,
     Address,
     ExtractedMessage,
     Location,
@@ -14,6 +13,13 @@ from streams.hl7.extract import (
     extract,
     hl7_ts_to_iso,
 )
+from streams.hl7.header import (
+    SUPPORTED_VERSIONS,
+    MessageHeader,
+    PartialHeader,
+    read_header,
+    read_header_lenient,
+)
 
 __all__ = [
     "SUPPORTED_VERSIONS",
@@ -22,14 +28,18 @@ __all__ = [
     "ExtractedMessage",
     "Hl7Error",
     "Location",
+    "MessageHeader",
     "Observation",
     "Order",
+    "PartialHeader",
     "PatientIdentifier",
     "PersonName",
     "Visit",
     "escape",
     "extract",
     "hl7_ts_to_iso",
+    "read_header",
+    "read_header_lenient",
     "split_batch",
     "unescape",
 ]

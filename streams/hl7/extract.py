@@ -11,24 +11,12 @@ import calendar
 import re
 from dataclasses import dataclass
 
-from streams.hl7.er7 import (
-    UTF8_BOM,
-    Delimiters,
-    Hl7Error,
-    declared_codec,
-    decode_declared,
-    decode_default,
-    split_segments,
-    unescape,
-)
+from streams.hl7.er7 import Delimiters, Hl7Error, split_segments
 
-SUPPORTED_VERSIONS = frozenset(
-    {
-        "2.1", "2.2",
-        "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6",
-        "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2",
-    }
-)  # fmt: skip
+# SUPPORTED_VERSIONS moved to header.py; the redundant alias keeps it importable from here.
+from streams.hl7.header import SUPPORTED_VERSIONS as SUPPORTED_VERSIONS
+from streams.hl7.header import FieldReader, read_msh, validate_header
+
 _SEGMENT_ID = re.compile(r"[A-Z][A-Z0-9]{2}")
 # A second header inside one message means the caller skipped `split_batch`: reject it rather
 # than silently dropping the messages after the first.
@@ -134,57 +122,6 @@ class ExtractedMessage:
     observations: tuple[Observation, ...]  # one per OBX
 
 
-class _Fields:
-    """Read positions out of segments split on the field separator, unescaping as it goes."""
-
-    __slots__ = ("codec", "component", "delimiters", "repetition", "subcomponent")
-
-    def __init__(self, delimiters: Delimiters, codec: str) -> None:
-        self.delimiters = delimiters
-        self.codec = codec
-        self.component = delimiters.component
-        self.repetition = delimiters.repetition
-        self.subcomponent = delimiters.subcomponent
-
-    def repetitions(self, fields: list[str], number: int) -> list[str]:
-        if number >= len(fields) or not fields[number]:
-            return []
-        return fields[number].split(self.repetition)
-
-    def first_repetition_components(self, fields: list[str], number: int) -> list[str]:
-        if number >= len(fields):
-            return []
-        return fields[number].partition(self.repetition)[0].split(self.component)
-
-    def component_of(self, components: list[str], position: int) -> str:
-        """Component `position` (1-based), first subcomponent, unescaped."""
-        if position > len(components):
-            return ""
-        value = components[position - 1].partition(self.subcomponent)[0]
-        return unescape(value, self.delimiters, self.codec)
-
-    def scalar(self, fields: list[str], number: int) -> str:
-        """Field `number`, first repetition, component and subcomponent, unescaped.
-
-        The hottest call of the module, hence partitions instead of splits into lists.
-        """
-        if number >= len(fields) or not fields[number]:
-            return ""
-        value = fields[number].partition(self.repetition)[0]
-        value = value.partition(self.component)[0].partition(self.subcomponent)[0]
-        return unescape(value, self.delimiters, self.codec)
-
-    def joined_value(self, repetition: str) -> str:
-        """A whole repetition unescaped part by part and re-joined with ^ and &."""
-        return "^".join(
-            "&".join(
-                unescape(sub, self.delimiters, self.codec)
-                for sub in component.split(self.subcomponent)
-            )
-            for component in repetition.split(self.component)
-        )
-
-
 def extract(raw: bytes) -> ExtractedMessage:
     """Parse and validate one message (as `split_batch` returns it; CR/LF/CRLF/BOM tolerated).
 
@@ -192,39 +129,11 @@ def extract(raw: bytes) -> ExtractedMessage:
     bad_encoding_characters, decode_error, missing_msh_9, missing_msh_10, missing_msh_12,
     unsupported_version, bad_segment.
     """
-    if raw.startswith(UTF8_BOM):
-        raw = raw[len(UTF8_BOM) :]
-    text, codec = decode_default(raw)
-    segments = split_segments(text)
-    if not segments:
-        raise Hl7Error("empty", "message has no content")
-    if not segments[0].startswith("MSH"):
-        raise Hl7Error("no_msh", "first segment is not MSH")
-    delimiters = Delimiters.from_msh(segments[0])
-    reader = _Fields(delimiters, codec)
-    msh = _msh_fields(segments[0], delimiters)
-    charset = reader.scalar(msh, 18)
-    # Delimiters and MSH-18 are ASCII in every supported charset, so they can be read before
-    # decoding with the charset they declare.
-    declared = declared_codec(charset) if charset else None
-    if declared is not None and not raw.isascii():
-        segments = split_segments(decode_declared(raw, declared))
-        reader = _Fields(delimiters, declared)
-        msh = _msh_fields(segments[0], delimiters)
-
-    message_type = reader.first_repetition_components(msh, 9)
-    message_code = reader.component_of(message_type, 1)
-    trigger_event = reader.component_of(message_type, 2)
-    if not message_code or not trigger_event:
-        raise Hl7Error("missing_msh_9", "MSH-9 needs a message code and a trigger event")
-    control_id = reader.scalar(msh, 10)
-    if not control_id:
-        raise Hl7Error("missing_msh_10", "MSH-10 (message control id) is empty")
-    version = reader.scalar(msh, 12)
-    if not version:
-        raise Hl7Error("missing_msh_12", "MSH-12 (version id) is empty")
-    if version not in SUPPORTED_VERSIONS:
-        raise Hl7Error("unsupported_version", "MSH-12 is not a version from 2.1 to 2.8.2")
+    msh = read_msh(raw)
+    header = validate_header(msh)
+    reader = msh.reader
+    delimiters = reader.delimiters
+    segments = split_segments(msh.text)
     segment_ids = _segment_ids(segments, delimiters.field)
 
     event_datetime = ""
@@ -251,21 +160,21 @@ def extract(raw: bytes) -> ExtractedMessage:
     address = reader.first_repetition_components(pid, 11)
     return ExtractedMessage(
         delimiters=delimiters,
-        message_code=message_code,
-        trigger_event=trigger_event,
-        message_structure=reader.component_of(message_type, 3),
-        control_id=control_id,
-        processing_id=reader.scalar(msh, 11),
-        version=version,
-        sending_application=reader.scalar(msh, 3),
-        sending_facility=reader.scalar(msh, 4),
-        receiving_application=reader.scalar(msh, 5),
-        receiving_facility=reader.scalar(msh, 6),
-        message_datetime=reader.scalar(msh, 7),
+        message_code=header.message_code,
+        trigger_event=header.trigger_event,
+        message_structure=header.message_structure,
+        control_id=header.control_id,
+        processing_id=header.processing_id,
+        version=header.version,
+        sending_application=header.sending_application,
+        sending_facility=header.sending_facility,
+        receiving_application=header.receiving_application,
+        receiving_facility=header.receiving_facility,
+        message_datetime=reader.scalar(msh.fields, 7),
         event_datetime=event_datetime,
-        accept_ack_type=reader.scalar(msh, 15),
-        application_ack_type=reader.scalar(msh, 16),
-        character_set=charset,
+        accept_ack_type=header.accept_ack_type,
+        application_ack_type=header.application_ack_type,
+        character_set=header.character_set,
         segment_ids=segment_ids,
         patient_identifiers=_patient_identifiers(reader, pid),
         patient_name=PersonName(
@@ -289,12 +198,6 @@ def extract(raw: bytes) -> ExtractedMessage:
     )
 
 
-def _msh_fields(msh_segment: str, delimiters: Delimiters) -> list[str]:
-    fields = msh_segment.split(delimiters.field)
-    fields.insert(1, delimiters.field)  # so that MSH-n sits at index n like every other segment
-    return fields
-
-
 def _segment_ids(segments: list[str], field_separator: str) -> tuple[str, ...]:
     for position, segment in enumerate(segments, start=1):
         if not _SEGMENT_ID.match(segment) or (len(segment) > 3 and segment[3] != field_separator):
@@ -304,7 +207,7 @@ def _segment_ids(segments: list[str], field_separator: str) -> tuple[str, ...]:
     return tuple(segment[:3] for segment in segments)
 
 
-def _patient_identifiers(reader: _Fields, pid: list[str]) -> tuple[PatientIdentifier, ...]:
+def _patient_identifiers(reader: FieldReader, pid: list[str]) -> tuple[PatientIdentifier, ...]:
     identifiers = []
     for repetition in reader.repetitions(pid, 3):
         components = repetition.split(reader.component)
@@ -318,7 +221,7 @@ def _patient_identifiers(reader: _Fields, pid: list[str]) -> tuple[PatientIdenti
     return tuple(identifiers)
 
 
-def _visit(reader: _Fields, pv1: list[str]) -> Visit:
+def _visit(reader: FieldReader, pv1: list[str]) -> Visit:
     location = reader.first_repetition_components(pv1, 3)
     return Visit(
         patient_class=reader.scalar(pv1, 2),
@@ -333,7 +236,7 @@ def _visit(reader: _Fields, pv1: list[str]) -> Visit:
     )
 
 
-def _order(reader: _Fields, obr: list[str], placer_from_orc: str) -> Order:
+def _order(reader: FieldReader, obr: list[str], placer_from_orc: str) -> Order:
     service = reader.first_repetition_components(obr, 4)
     return Order(
         placer_order_number=reader.scalar(obr, 2) or placer_from_orc,
@@ -345,7 +248,7 @@ def _order(reader: _Fields, obr: list[str], placer_from_orc: str) -> Order:
     )
 
 
-def _observation(reader: _Fields, obx: list[str]) -> Observation:
+def _observation(reader: FieldReader, obx: list[str]) -> Observation:
     identifier = reader.first_repetition_components(obx, 3)
     return Observation(
         set_id=reader.scalar(obx, 1),

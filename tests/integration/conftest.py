@@ -15,9 +15,16 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from tests.integration.kafka_helpers import WorkerProcess, broker_answers, delete_topics_with_prefix
+from tests.integration.kafka_helpers import (
+    Api,
+    WorkerProcess,
+    broker_answers,
+    delete_topics_with_prefix,
+    free_port,
+)
 
 BOOTSTRAP = os.environ.get("LANEWAY_KAFKA_BOOTSTRAP", "localhost:9092")
+ADMIN_TOKEN = "admin-" + uuid.uuid4().hex
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +51,9 @@ def worker_env(
         "LANEWAY_TOPIC_PREFIX": f"lwtest-{run_id}.",
         "LANEWAY_DATA_DIR": str(tmp_path_factory.mktemp("worker-data")),
         "LANEWAY_INGRESS_PARTITIONS": "4",
+        "LANEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
+        "LANEWAY_WEB_PORT": str(free_port()),
+        "LANEWAY_MLLP_PORT": str(free_port()),
     }
     # Faust's own topics start with the app id, Laneway's with the topic prefix.
     asyncio.run(delete_topics_with_prefix(bootstrap, f"lwtest-{run_id}.", f"laneway-test-{run_id}"))
@@ -79,3 +89,15 @@ async def admin(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
         yield client
     finally:
         await client.close()
+
+
+@pytest.fixture(scope="session")
+def admin_token() -> str:
+    return ADMIN_TOKEN
+
+
+@pytest.fixture
+async def api(worker: WorkerProcess) -> AsyncIterator[Api]:
+    """HTTP client for the session worker's web server."""
+    async with Api(f"http://127.0.0.1:{worker.env['LANEWAY_WEB_PORT']}", ADMIN_TOKEN) as client:
+        yield client

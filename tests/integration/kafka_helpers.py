@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -11,7 +12,9 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -146,3 +149,55 @@ async def consume_until(
         return records
     finally:
         await consumer.stop()
+
+
+class Api:
+    """A small client for the worker's HTTP API; `token=None` sends no Authorization header."""
+
+    def __init__(self, base_url: str, admin_token: str) -> None:
+        self.base_url = base_url
+        self.admin_token = admin_token
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Api:
+        self._session = aiohttp.ClientSession()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str | None,
+        json_body: object = None,
+        data: bytes | None = None,
+        content_type: str = "application/hl7-v2",
+    ) -> tuple[int, Any]:
+        """(status, parsed JSON body or None)."""
+        assert self._session is not None
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        if data is not None:
+            headers["Content-Type"] = content_type
+        async with self._session.request(
+            method, self.base_url + path, headers=headers, json=json_body, data=data
+        ) as response:
+            text = await response.text()
+            return response.status, json.loads(text) if text else None
+
+    async def onboard(self, tenant_id: str, **fields: Any) -> dict[str, Any]:
+        """Create a tenant as admin; the answer includes its one-time `token`."""
+        body = {"id": tenant_id, "name": f"Test {tenant_id}", "senders": [], **fields}
+        status, answer = await self.call(
+            "POST", "/api/tenants", token=self.admin_token, json_body=body
+        )
+        assert status == 201, answer
+        return answer
+
+    async def send(self, tenant_id: str, token: str | None, payload: bytes) -> tuple[int, Any]:
+        return await self.call(
+            "POST", f"/api/tenants/{tenant_id}/messages", token=token, data=payload
+        )

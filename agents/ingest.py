@@ -1,0 +1,163 @@
+"""Accepting messages from senders (MLLP and HTTP): check, route to a tenant, write durably.
+
+A message is accepted only once Kafka has acknowledged its ingress record with acks=all; only
+then may a sender get AA (or HTTP 202). Header problems are errors (AE), an unknown or paused
+sender or a broker failure is a reject (AR). Message bodies are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from ipaddress import IPv4Address, IPv6Address
+
+from aiokafka import AIOKafkaProducer
+from mode import Service
+
+from agents.registry import TenantRegistry
+from streams.app import LanewayApp
+from streams.hl7 import Hl7Error
+from streams.hl7.ack import (
+    BROKER_FAILURE,
+    SENDER_PAUSED,
+    UNKNOWN_SENDER,
+    AckError,
+    acknowledge,
+    error_for,
+)
+from streams.hl7.header import MessageHeader, PartialHeader, read_header, read_header_lenient
+
+log = logging.getLogger(__name__)
+
+Peer = IPv4Address | IPv6Address | None
+
+
+class IngestUnavailable(RuntimeError):
+    """Kafka did not acknowledge the ingress write in time."""
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """What happened to one message. `reason` is a stable machine-readable code when rejected."""
+
+    header: MessageHeader | PartialHeader
+    tenant_id: str | None
+    error: AckError | None = None
+    reason: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.error is None
+
+    @property
+    def control_id(self) -> str:
+        return self.header.control_id
+
+
+class IngressWriter(Service):
+    """Writes ingress records with acks=all and a deadline, on a producer of its own.
+
+    Its own producer keeps ingest latency independent of the processor's output batches.
+    """
+
+    def __init__(self, app: LanewayApp, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.app = app
+        self._producer: AIOKafkaProducer | None = None
+
+    async def on_start(self) -> None:
+        await self.app.declare_ingress()
+        settings = self.app.laneway
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=1,
+            request_timeout_ms=int(settings.ingest_timeout_s * 1000),
+        )
+        await self._producer.start()
+
+    async def on_stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def write(self, tenant_id: str, payload: bytes) -> tuple[int, int]:
+        """(partition, offset) of the durable ingress record; IngestUnavailable otherwise."""
+        if self._producer is None:
+            raise IngestUnavailable("ingress writer not started")
+        try:
+            metadata = await asyncio.wait_for(
+                self._producer.send_and_wait(
+                    self.app.topic_names.ingress, payload, key=tenant_id.encode()
+                ),
+                self.app.laneway.ingest_timeout_s,
+            )
+        except Exception as error:
+            raise IngestUnavailable(type(error).__name__) from error
+        return metadata.partition, metadata.offset
+
+
+class Ingest:
+    """The checks and the write shared by the MLLP listener and the HTTP endpoint."""
+
+    def __init__(self, registry: TenantRegistry, writer: IngressWriter) -> None:
+        self.registry = registry
+        self.writer = writer
+        # ACK control ids: unique per process and restart (pid + counter), no coordination.
+        self._ack_ids = (f"LW{os.getpid()}-{n}" for n in itertools.count(1))
+
+    async def from_sender(self, raw: bytes, peer: Peer) -> IngestResult:
+        """An MLLP message: the tenant is whoever registered its MSH-3/MSH-4 sender identity."""
+        try:
+            header = read_header(raw)
+        except Hl7Error as error:
+            return _refused(read_header_lenient(raw), None, error_for(error), error.code)
+        tenant_id = self.registry.directory.resolve_sender(
+            header.sending_application, header.sending_facility, peer
+        )
+        if tenant_id is None:
+            return _refused(header, None, UNKNOWN_SENDER, "unknown_sender")
+        return await self._write(header, tenant_id, raw)
+
+    async def for_tenant(self, tenant_id: str, raw: bytes) -> IngestResult:
+        """An HTTP message: the authenticated path names the tenant, the header cannot."""
+        try:
+            header = read_header(raw)
+        except Hl7Error as error:
+            return _refused(read_header_lenient(raw), tenant_id, error_for(error), error.code)
+        claimed_by = self.registry.directory.resolve_sender(
+            header.sending_application, header.sending_facility, None
+        )
+        if claimed_by is not None and claimed_by != tenant_id:
+            # A's token must never put a message that claims to be B's into any topic.
+            return _refused(header, tenant_id, UNKNOWN_SENDER, "sender_of_another_tenant")
+        return await self._write(header, tenant_id, raw)
+
+    async def _write(self, header: MessageHeader, tenant_id: str, raw: bytes) -> IngestResult:
+        tenant = self.registry.directory.get(tenant_id)
+        if tenant is None:
+            return _refused(header, tenant_id, UNKNOWN_SENDER, "unknown_tenant")
+        if tenant.paused:
+            return _refused(header, tenant_id, SENDER_PAUSED, "tenant_paused")
+        try:
+            partition, offset = await self.writer.write(tenant_id, raw)
+        except IngestUnavailable as error:
+            log.warning("ingress write for tenant %s failed: %s", tenant_id, error)
+            return _refused(header, tenant_id, BROKER_FAILURE, "broker_unavailable")
+        return IngestResult(header, tenant_id, partition=partition, offset=offset)
+
+    def ack(self, result: IngestResult, now: datetime) -> bytes | None:
+        """The HL7 ACK for `result`, or None when the sender's MSH-15 asks for none."""
+        return acknowledge(result.header, result.error, control_id=next(self._ack_ids), now=now)
+
+
+def _refused(
+    header: MessageHeader | PartialHeader, tenant_id: str | None, error: AckError, reason: str
+) -> IngestResult:
+    return IngestResult(header, tenant_id, error=error, reason=reason)

@@ -1,0 +1,75 @@
+"""Bearer-token checks and JSON errors shared by Laneway's views."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from agents.registry import TenantRegistry
+from streams.auth import Principal, authenticate, bearer_token, hash_token
+
+REGISTRY_WAIT_S = 10.0
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status, a stable machine-readable code and a human message."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+    def response(self) -> web.Response:
+        body = {"error": self.code, "message": self.message, **self.extra}
+        headers = {"WWW-Authenticate": 'Bearer realm="laneway"'} if self.status == 401 else None
+        return web.json_response(body, status=self.status, headers=headers)
+
+
+def validation_error(error: ValidationError) -> ApiError:
+    """422 naming every bad field by its dotted path, e.g. `senders.0.application`."""
+    problems = [
+        {"field": ".".join(str(part) for part in item["loc"]) or "body", "message": item["msg"]}
+        for item in error.errors(include_url=False, include_input=False)
+    ]
+    fields = ", ".join(problem["field"] for problem in problems)
+    return ApiError(422, "invalid_field", f"invalid value for: {fields}", problems=problems)
+
+
+class Guard:
+    """Decides who may call what: the admin token, or a tenant's own token for its resources."""
+
+    def __init__(self, registry: TenantRegistry, admin_token: str | None) -> None:
+        self._registry = registry
+        self._admin_token_sha256 = hash_token(admin_token) if admin_token else None
+
+    async def principal(self, request: web.Request) -> Principal:
+        # Until the registry has read the tenant topic, "unknown token" could be wrong.
+        try:
+            await asyncio.wait_for(self._registry.ready.wait(), REGISTRY_WAIT_S)
+        except TimeoutError as error:
+            raise ApiError(503, "starting", "the tenant registry is loading") from error
+        token = bearer_token(request.headers.get("Authorization"))
+        principal = authenticate(token, self._registry.directory, self._admin_token_sha256)
+        if principal is None:
+            raise ApiError(401, "unauthorized", "a valid bearer token is required")
+        return principal
+
+    async def admin(self, request: web.Request) -> Principal:
+        principal = await self.principal(request)
+        if principal.kind != "admin":
+            raise ApiError(403, "forbidden", "this endpoint needs the admin token")
+        return principal
+
+    async def tenant_or_admin(self, request: web.Request, tenant_id: str) -> Principal:
+        """That tenant's token or the admin token; 404 only after authorisation (no probing)."""
+        principal = await self.principal(request)
+        if not principal.may_access(tenant_id):
+            raise ApiError(403, "forbidden", "this token does not belong to this tenant")
+        if self._registry.directory.get(tenant_id) is None:
+            raise ApiError(404, "unknown_tenant", "no such tenant")
+        return principal
