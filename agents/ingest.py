@@ -8,14 +8,18 @@ sender or a broker failure is a reject (AR). Message bodies are never logged.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import logging
 import os
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from ipaddress import IPv4Address, IPv6Address
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.structs import RecordMetadata
 from mode import Service
 
 from agents.registry import TenantRegistry
@@ -34,6 +38,9 @@ from streams.hl7.header import MessageHeader, PartialHeader, read_header, read_h
 log = logging.getLogger(__name__)
 
 Peer = IPv4Address | IPv6Address | None
+
+# How long a refused-but-maybe-delivered write waits for its sender's resend (see IngressWriter).
+AMBIGUOUS_WRITE_TTL_S = 900.0
 
 
 class IngestUnavailable(RuntimeError):
@@ -64,12 +71,21 @@ class IngressWriter(Service):
     """Writes ingress records with acks=all and a deadline, on a producer of its own.
 
     Its own producer keeps ingest latency independent of the processor's output batches.
+
+    A write that misses its deadline is ambiguous: the sender is refused (AR / 503), yet the
+    producer may still deliver the record once the broker is back. The sender then resends
+    the same bytes, which must not land a second time under a new idempotency key. So the
+    pending write is kept for `AMBIGUOUS_WRITE_TTL_S`: a resend of identical bytes for the same
+    tenant joins it instead of writing again, and is accepted once it turns out durable.
     """
 
     def __init__(self, app: LanewayApp, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.app = app
         self._producer: AIOKafkaProducer | None = None
+        self._ambiguous: OrderedDict[bytes, tuple[float, asyncio.Future[RecordMetadata]]] = (
+            OrderedDict()
+        )
 
     async def on_start(self) -> None:
         await self.app.declare_ingress()
@@ -91,16 +107,36 @@ class IngressWriter(Service):
         """(partition, offset) of the durable ingress record; IngestUnavailable otherwise."""
         if self._producer is None:
             raise IngestUnavailable("ingress writer not started")
-        try:
-            metadata = await asyncio.wait_for(
+        self._forget_old_ambiguous_writes()
+        identity = hashlib.blake2b(tenant_id.encode() + b"\0" + payload, digest_size=16).digest()
+        earlier = self._ambiguous.pop(identity, None)
+        if earlier is not None and not (earlier[1].done() and earlier[1].exception()):
+            pending = earlier[1]  # the same bytes were refused before: join that write
+        else:
+            pending = asyncio.ensure_future(
                 self._producer.send_and_wait(
                     self.app.topic_names.ingress, payload, key=tenant_id.encode()
-                ),
-                self.app.laneway.ingest_timeout_s,
+                )
             )
+        try:
+            metadata = await asyncio.wait_for(
+                asyncio.shield(pending), self.app.laneway.ingest_timeout_s
+            )
+        except TimeoutError as error:
+            self._ambiguous[identity] = (time.monotonic(), pending)
+            raise IngestUnavailable("no acknowledgment from Kafka in time") from error
         except Exception as error:
             raise IngestUnavailable(type(error).__name__) from error
         return metadata.partition, metadata.offset
+
+    def _forget_old_ambiguous_writes(self) -> None:
+        horizon = time.monotonic() - AMBIGUOUS_WRITE_TTL_S
+        while self._ambiguous and next(iter(self._ambiguous.values()))[0] < horizon:
+            _, (_, pending) = self._ambiguous.popitem(last=False)
+            if not pending.done():
+                pending.cancel()
+            elif not pending.cancelled():
+                pending.exception()  # retrieved, so asyncio does not warn about it
 
 
 class Ingest:

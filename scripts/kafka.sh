@@ -9,7 +9,10 @@
 # Needs: java 17+, mvn (first `up` only, to fetch jars from Maven Central via kafka/pom.xml).
 # Environment:
 #   LANEWAY_RUN_DIR          runtime state root (default <repo>/.run); Kafka lives in $LANEWAY_RUN_DIR/kafka
-#   LANEWAY_KAFKA_BOOTSTRAP  if set to anything but localhost:9092/127.0.0.1:9092, `up` starts nothing
+#   LANEWAY_KAFKA_BOOTSTRAP  if set to anything but localhost:$PORT/127.0.0.1:$PORT, `up` starts nothing
+#   LANEWAY_KAFKA_PORT       broker port (default 9092); the controller listens on the next port
+#   LANEWAY_KAFKA_LIBS       folder of the broker jars (default $LANEWAY_RUN_DIR/kafka/libs); tests
+#                            that start a second, throwaway broker share the first one's jars
 #   LANEWAY_PYTHON           python used for the readiness probe (default <repo>/.venv/bin/python, needs aiokafka);
 #                            without it the probe uses the Java BrokerApiVersionsCommand from the jars
 #   LANEWAY_KAFKA_PROBE      force the probe: "python" or "java" (default: python if usable, else java)
@@ -24,7 +27,7 @@ RUN_DIR="$(cd "$RUN_DIR" && pwd)"
 
 POM="$REPO_DIR/kafka/pom.xml"
 KDIR="$RUN_DIR/kafka"
-LIBS="$KDIR/libs"
+LIBS="${LANEWAY_KAFKA_LIBS:-$KDIR/libs}"
 DATA="$KDIR/data"
 LOGS="$KDIR/logs"
 PIDFILE="$KDIR/kafka.pid"
@@ -34,8 +37,8 @@ CLUSTER_ID_FILE="$KDIR/cluster.id"
 STAMP="$LIBS/.pom.sha256"
 
 HOST=127.0.0.1
-PORT=9092
-CONTROLLER_PORT=9093
+PORT="${LANEWAY_KAFKA_PORT:-9092}"
+CONTROLLER_PORT="${LANEWAY_KAFKA_CONTROLLER_PORT:-$((PORT + 1))}"
 BOOTSTRAP="$HOST:$PORT"
 WAIT_S="${LANEWAY_KAFKA_WAIT_S:-60}"
 STOP_WAIT_S=30
@@ -309,7 +312,7 @@ wait_ready() {
 
 is_local_bootstrap() {
     case "${1:-}" in
-        "" | localhost:9092 | 127.0.0.1:9092) return 0 ;;
+        "" | "localhost:$PORT" | "127.0.0.1:$PORT") return 0 ;;
         *) return 1 ;;
     esac
 }
