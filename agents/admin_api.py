@@ -153,6 +153,18 @@ def install(app: LanewayApp, registry: TenantRegistry, guard: Guard) -> None:
 
         return PauseOrResume
 
+    @app.page("/api/tenants/{tenant_id}/token")
+    class Token(View):
+        @api_errors
+        async def post(self, request: web.Request, tenant_id: str) -> web.Response:
+            await guard.admin(request)
+            record = existing(tenant_id)
+            token = new_token()
+            rotated = record.revise(record, _now()).model_copy(
+                update={"token_sha256": hash_token(token)}
+            )
+            return await save(rotated, token=token)
+
     app.page("/api/tenants/{tenant_id}/pause", name="pause")(pause_view(True))
     app.page("/api/tenants/{tenant_id}/resume", name="resume")(pause_view(False))
 

@@ -267,3 +267,18 @@ async def test_thousand_tenants_onboarded_in_a_row_each_usable_at_once(api: Api)
     ours = [t for t in listing["tenants"] if t["id"].startswith(prefix)]
     assert len(ours) == 1000
     print(f"1000 tenants onboarded and used in {elapsed:.1f}s")
+
+
+async def test_rotating_a_token_revokes_the_old_one(api: Api) -> None:
+    tenant = await api.onboard(unique("rotating"))
+
+    status, answer = await api.call(
+        "POST", f"/api/tenants/{tenant['id']}/token", token=api.admin_token
+    )
+    old_status, _ = await api.send(tenant["id"], tenant["token"], message(20))
+    new_status, _ = await api.send(tenant["id"], answer["token"], message(21))
+
+    assert status == 200
+    assert answer["token"] != tenant["token"]
+    assert "token_sha256" not in answer
+    assert (old_status, new_status) == (401, 202)
