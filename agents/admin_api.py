@@ -21,7 +21,8 @@ from aiohttp import web
 from faust.web import View
 from pydantic import ValidationError
 
-from agents.registry import RegistryUnavailable, TenantRegistry
+from agents.mirror import MirrorUnavailable
+from agents.registry import TenantRegistry
 from agents.web_auth import ApiError, Guard, validation_error
 from streams.app import LanewayApp
 from streams.auth import hash_token, new_token
@@ -42,7 +43,7 @@ def api_errors(handler: Handler) -> Handler:
             return await handler(view, request, **match)
         except ApiError as error:
             return error.response()
-        except RegistryUnavailable:
+        except MirrorUnavailable:
             return ApiError(503, "registry_unavailable", "tenant registry unavailable").response()
 
     return wrapped
@@ -91,7 +92,7 @@ def install(app: LanewayApp, registry: TenantRegistry, guard: Guard) -> None:
         )
 
     async def save(record: TenantRecord, status: int = 200, **extra: Any) -> web.Response:
-        await registry.put(record)
+        await registry.save(record)
         return web.json_response({**record.public_view(), **extra}, status=status)
 
     @app.page("/api/tenants")
