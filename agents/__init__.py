@@ -11,24 +11,44 @@ from agents import (
     processor,
 )
 from agents.ingest import Ingest, IngressWriter
+from agents.mllp_listener import MllpListener
 from agents.registry import TenantRegistry
+from agents.router import Router
+from agents.tenant_state import TenantStateMirror
 from agents.web_auth import Guard
 from streams.app import LanewayApp, create_app
 from streams.settings import Settings
 
 
 def build_worker(settings: Settings | None = None, **faust_overrides: Any) -> LanewayApp:
-    """The worker app with every role installed. Tests build apps through this too."""
+    """The shared worker: ingest, router + shared lane, admin API. Tests build it here too."""
     app = create_app(settings, **faust_overrides)
     settings = app.laneway
     registry = TenantRegistry(app)
+    state = TenantStateMirror(app)
+    router = Router(app, registry, state)
     writer = IngressWriter(app)
-    app.service(registry)  # type: ignore[arg-type]
-    app.service(writer)  # type: ignore[arg-type]
+    # Started in this order, after Faust's own services; each waits for what it reads.
+    for service in (registry, state, router, writer):
+        app.service(service)  # type: ignore[arg-type]
     admin_token = settings.admin_token.get_secret_value() if settings.admin_token else None
     guard = Guard(registry, admin_token)
     ingest = Ingest(registry, writer)
-    processor.install(app)
+    # Registered after the services above, so it opens once they have started.
+    app.service(MllpListener(app, registry, ingest))  # type: ignore[arg-type]
+    processor.install_shared(app, router)
     admin_api.install(app, registry, guard)
     http_ingest.install(app, ingest, guard)
+    return app
+
+
+def build_lane_worker(settings: Settings | None = None, **faust_overrides: Any) -> LanewayApp:
+    """The lane worker: a separate process (own consumer group) for the dedicated lanes."""
+    settings = settings or Settings()
+    lane_settings = settings.model_copy(
+        update={"app_id": f"{settings.app_id}-lanes", "web_port": settings.lane_web_port}
+    )
+    # Frequent commits: the router reads them to know when a lane has drained a tenant.
+    app = create_app(lane_settings, **{"broker_commit_interval": 0.5, **faust_overrides})
+    processor.install_lanes(app)
     return app

@@ -13,6 +13,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import aiohttp
+import click
 from aiokafka import AIOKafkaConsumer
 
 from streams.app import LanewayApp
@@ -24,20 +26,22 @@ REPORT_EVERY_S = 5.0
 @dataclass(frozen=True, slots=True)
 class DemoTenant:
     tenant_id: str
+    name: str
     sending_application: str
     sending_facility: str
 
 
 DEMO_TENANTS = (
-    DemoTenant("st-marys", "EPIC", "STMARYS"),
-    DemoTenant("northside-lab", "SUNQUEST", "NORTHLAB"),
-    DemoTenant("riverside-clinic", "ATHENA", "RIVERSIDE"),
+    DemoTenant("st-marys", "St Mary's Hospital", "EPIC", "STMARYS"),
+    DemoTenant("northside-lab", "Northside Lab", "SUNQUEST", "NORTHLAB"),
+    DemoTenant("riverside-clinic", "Riverside Clinic", "ATHENA", "RIVERSIDE"),
 )
 
 
 def demo_tenants(count: int) -> list[DemoTenant]:
     extra = [
-        DemoTenant(f"demo-{n}", f"APP{n}", f"FACILITY{n}") for n in range(len(DEMO_TENANTS), count)
+        DemoTenant(f"demo-{n}", f"Demo {n}", f"APP{n}", f"FACILITY{n}")
+        for n in range(len(DEMO_TENANTS), count)
     ]
     return [*DEMO_TENANTS[:count], *extra]
 
@@ -72,6 +76,7 @@ class _Tally:
         self.sent: Counter[str] = Counter()
         self.events: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
+        self.refused: Counter[str] = Counter()
         self.message_types: dict[str, Counter[str]] = {}
         self.caught_up = asyncio.Event()
         self._sending_done = False
@@ -97,7 +102,7 @@ class _Tally:
         return sum(self.sent.values())
 
     def arrived(self) -> int:
-        return sum(self.events.values()) + sum(self.rejected.values())
+        return sum(self.events.values()) + sum(self.rejected.values()) + sum(self.refused.values())
 
     def report(self, members: list[DemoTenant]) -> str:
         lines = []
@@ -107,8 +112,8 @@ class _Tally:
                 f"{kind} {count}" for kind, count in self.message_types.get(tenant, {}).items()
             )
             lines.append(
-                f"  {tenant:<18} sent {self.sent[tenant]:>6}  events {self.events[tenant]:>6}"
-                f"  dlq {self.rejected[tenant]:>4}  [{types}]"
+                f"  {tenant:<18} sent {self.sent[tenant]:>6}  refused {self.refused[tenant]:>3}"
+                f"  events {self.events[tenant]:>6}  dlq {self.rejected[tenant]:>4}  [{types}]"
             )
         return "\n".join(lines)
 
@@ -123,8 +128,7 @@ async def _send(
     tally: _Tally,
     say: Callable[[str], None],
 ) -> None:
-    producer = await app.maybe_start_producer()
-    await app.declare_ingress()
+    """Onboard the demo tenants through the admin API, then post their traffic over HTTP."""
     feeds = {
         member.tenant_id: SyntheticFeed(
             seed=index,
@@ -136,22 +140,66 @@ async def _send(
     }
     rng = random.Random(0)
     interval = 1.0 / rate
-    started = next_report = time.monotonic()
-    tick = 0
-    while not seconds or time.monotonic() - started < seconds:
-        tick += 1
-        for tenant, feed in feeds.items():
-            bad = bad_every and tick % bad_every == 0
-            payload = malformed(rng).payload if bad else feed.next_message()
-            await producer.send(app.topic_names.ingress, tenant.encode(), payload, None, None, None)
-            tally.sent[tenant] += 1
-        if time.monotonic() >= next_report:
-            next_report += REPORT_EVERY_S
-            say(f"[{time.monotonic() - started:6.0f}s] per-tenant flow downstream:")
-            say(tally.report(members))
-        # Open loop: sleep to the next tick's intended time, so pacing does not drift.
-        await asyncio.sleep(max(0.0, started + tick * interval - time.monotonic()))
-    await producer.flush()
+    async with aiohttp.ClientSession(base_url=_web_url(app)) as http:
+        tokens = {member.tenant_id: await _onboard(http, app, member, say) for member in members}
+        started = next_report = time.monotonic()
+        tick = 0
+        while not seconds or time.monotonic() - started < seconds:
+            tick += 1
+            for tenant, feed in feeds.items():
+                # Every Nth message has a broken body: accepted at ingest, parked in the DLQ.
+                bad = bad_every and tick % bad_every == 0
+                payload = malformed(rng, "bad_segment").payload if bad else feed.next_message()
+                async with http.post(
+                    f"/api/tenants/{tenant}/messages",
+                    data=payload,
+                    headers={
+                        "Authorization": f"Bearer {tokens[tenant]}",
+                        "Content-Type": "application/hl7-v2",
+                    },
+                ) as response:
+                    tally.sent[tenant] += 1
+                    if response.status != 202:
+                        tally.refused[tenant] += 1
+            if time.monotonic() >= next_report:
+                next_report += REPORT_EVERY_S
+                say(f"[{time.monotonic() - started:6.0f}s] per-tenant flow downstream:")
+                say(tally.report(members))
+            # Open loop: sleep to the next tick's intended time, so pacing does not drift.
+            await asyncio.sleep(max(0.0, started + tick * interval - time.monotonic()))
+
+
+def _web_url(app: LanewayApp) -> str:
+    return f"http://127.0.0.1:{app.laneway.web_port}"
+
+
+async def _onboard(
+    http: aiohttp.ClientSession, app: LanewayApp, member: DemoTenant, say: Callable[[str], None]
+) -> str:
+    """The tenant's HTTP token: onboard it, or give the existing tenant a fresh token."""
+    if app.laneway.admin_token is None:
+        raise click.UsageError("demo-traffic needs LANEWAY_ADMIN_TOKEN to onboard its tenants")
+    admin = {"Authorization": f"Bearer {app.laneway.admin_token.get_secret_value()}"}
+    tenant = member.tenant_id
+    body = {
+        "id": tenant,
+        "name": member.name,
+        "senders": [
+            {"application": member.sending_application, "facility": member.sending_facility}
+        ],
+    }
+    async with http.post("/api/tenants", json=body, headers=admin) as response:
+        answer = await response.json()
+        if response.status == 201:
+            say(f"onboarded tenant {tenant} (POST /api/tenants -> 201)")
+            return str(answer["token"])
+        if response.status != 409:
+            raise click.ClickException(f"onboarding {tenant} failed: {response.status} {answer}")
+    async with http.post(f"/api/tenants/{tenant}/token", headers=admin) as response:
+        answer = await response.json()
+        if response.status != 200:
+            raise click.ClickException(f"token for {tenant} failed: {response.status} {answer}")
+        return str(answer["token"])
 
 
 async def _follow_outputs(app: LanewayApp, members: list[DemoTenant], tally: _Tally) -> None:

@@ -1,41 +1,124 @@
-"""The processor agent: ingress records in, normalized events and DLQ records out."""
+"""Processor agents: the same HL7 processing for every lane, no per-tenant code.
+
+- The shared worker's agent consumes `laneway.ingress`. The router measures every record; records
+  of tenants in the shared lane are processed right there, records of tenants in a dedicated
+  lane are forwarded, unchanged, to `laneway.lane.dedicated.N`. Processing the shared lane in the
+  same pass saves a Kafka hop for the common case.
+- The lane worker's agent consumes the dedicated lanes and processes their records with the
+  origin carried in a header, so events look the same whichever lane produced them.
+
+Offsets are acked only after a batch's outputs are acknowledged by Kafka (acks=all): a crash
+redelivers rather than loses (invariant 1).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections import defaultdict
-from collections.abc import AsyncIterable, Iterable
-from typing import Any
+import time
+from collections.abc import AsyncIterable
 
-from aiokafka import AIOKafkaProducer
 from faust.types import EventT
 
+from agents.publisher import OutputPublisher
+from agents.router import HOLD, Router
 from streams.app import LanewayApp
-from streams.processing import IngressRecord, OutputRecord, process_ingress_record
+from streams.processing import (
+    IngressRecord,
+    OutputRecord,
+    forward_to_lane,
+    lane_record_origin,
+    process_ingress_record,
+)
 
-log = logging.getLogger(__name__)
-
-_RETRY_FIRST_DELAY_S = 0.2
-_RETRY_MAX_DELAY_S = 5.0
+RELEASE_EVERY_S = 0.1
 
 
-def install(app: LanewayApp) -> None:
-    """Register the processor agent on `app`."""
+def install_shared(app: LanewayApp, router: Router) -> None:
+    """The ingress agent of the shared worker: measure, route, process the shared lane."""
     settings = app.laneway
-    ingress = app.ingress_topic()
+    topics = app.topic_names
     publisher = OutputPublisher(app)
 
-    @app.agent(ingress, name="laneway.processor")
-    async def processor(stream: AsyncIterable[bytes]) -> None:
-        # Batches amortise Faust's per-event cost; offsets are committed only after the batch's
-        # outputs are acknowledged by Kafka, so a crash redelivers rather than loses (invariant 1).
+    # The agent and the release timer both publish; one at a time keeps per-tenant order.
+    publishing = asyncio.Lock()
+
+    async def publish(outputs: list[OutputRecord], forwards: list[OutputRecord]) -> None:
+        # Outputs first: a tenant promoted during this batch's publish has its earlier
+        # messages emitted before any of its later ones reach the dedicated lane.
+        await publisher.publish(outputs)
+        router.count_dlq(output.key for output in outputs if output.is_dlq)
+        if forwards:
+            router.forwarded(forwards, await publisher.publish(forwards))
+
+    def route(record: IngressRecord, lane: int | None, outputs: list, forwards: list) -> None:
+        if lane is None:
+            outputs.extend(process_ingress_record(record, topics))
+        else:
+            forwards.append(forward_to_lane(record, topics.dedicated_lane(lane)))
+
+    @app.agent(app.ingress_topic(), name="laneway.shared")
+    async def shared_lane(stream: AsyncIterable[bytes]) -> None:
+        # Lanes restored from the tenant-state topic must be known before the first record.
+        await router.ready.wait()
+        async for events in stream.take_events(  # type: ignore[attr-defined]
+            settings.batch_max, within=settings.batch_within_s
+        ):
+            async with publishing:
+                now = time.time()
+                outputs: list[OutputRecord] = []
+                forwards: list[OutputRecord] = []
+                for event in events:
+                    record = _ingress_record(event)
+                    lane = router.route(record, now)
+                    if lane == HOLD:
+                        # An extra reference keeps the offset uncommitted after this batch.
+                        event.message.incref()
+                        router.hold(record, (event, record))
+                    else:
+                        route(record, lane, outputs, forwards)
+                await publish(outputs, forwards)
+
+    @app.timer(RELEASE_EVERY_S)
+    async def release_held() -> None:
+        """Send the records held during a cut, once the old lane has drained the tenant."""
+        async with publishing:
+            released = router.take_released()
+            if not released:
+                return
+            outputs: list[OutputRecord] = []
+            forwards: list[OutputRecord] = []
+            for lane, items in released:
+                for _, record in items:
+                    route(record, lane, outputs, forwards)
+            await publish(outputs, forwards)
+            for _, items in released:
+                for event, _ in items:
+                    event.ack()
+
+
+def install_lanes(app: LanewayApp) -> None:
+    """The agent of the lane worker: process whatever the router forwarded to the pool."""
+    settings = app.laneway
+    topics = app.topic_names
+    publisher = OutputPublisher(app)
+    lanes = app.topic(
+        *(topics.dedicated_lane(lane) for lane in range(settings.dedicated_lanes)),
+        key_type=bytes,
+        value_type=bytes,
+        partitions=1,  # one partition per lane: a tenant's records stay in order
+        internal=True,
+    )
+
+    @app.agent(lanes, name="laneway.dedicated")
+    async def dedicated_lanes(stream: AsyncIterable[bytes]) -> None:
         async for events in stream.take_events(  # type: ignore[attr-defined]
             settings.batch_max, within=settings.batch_within_s
         ):
             outputs: list[OutputRecord] = []
             for event in events:
-                outputs.extend(process_ingress_record(_ingress_record(event), app.topic_names))
+                message = event.message
+                origin = lane_record_origin(message.key, message.value, message.headers or [])
+                outputs.extend(process_ingress_record(origin or _ingress_record(event), topics))
             await publisher.publish(outputs)
 
 
@@ -49,89 +132,3 @@ def _ingress_record(event: EventT) -> IngressRecord:
         offset=message.offset,
         timestamp_ms=int(message.timestamp * 1000),
     )
-
-
-class OutputPublisher:
-    """Delivers output records with acks=all; creates per-tenant topics on demand.
-
-    It owns an aiokafka producer and sends one record batch per topic, instead of one
-    Faust `send()` per record: per-record producer overhead was ~15 % of the worker's CPU.
-    Each per-tenant topic has one partition, so a batch keeps the tenant's order.
-    """
-
-    def __init__(self, app: LanewayApp) -> None:
-        self._app = app
-        self._known_topics: set[str] = set()
-        self._producer: AIOKafkaProducer | None = None
-        self._start_lock = asyncio.Lock()
-        app.on_before_shutdown.connect(self._on_shutdown)
-
-    async def publish(self, outputs: list[OutputRecord]) -> None:
-        """Deliver every output, retrying until Kafka acknowledges all of them.
-
-        The batch's ingress offsets are acked when this returns, so giving up would lose
-        messages. A retry may duplicate outputs; duplicates carry the same idempotency key.
-        """
-        delay = _RETRY_FIRST_DELAY_S
-        while True:
-            try:
-                await self._send_all(outputs)
-                return
-            except Exception as error:  # broker down or timing out: keep the batch, wait, retry
-                log.warning(
-                    "publishing %d outputs failed (%s); retrying in %.1fs",
-                    len(outputs),
-                    type(error).__name__,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX_DELAY_S)
-
-    async def _send_all(self, outputs: Iterable[OutputRecord]) -> None:
-        producer = await self._started_producer()
-        by_topic: dict[str, list[OutputRecord]] = defaultdict(list)
-        for output in outputs:
-            by_topic[output.topic].append(output)
-        pending = []
-        for topic, records in by_topic.items():
-            if topic not in self._known_topics:
-                await self._declare(topic)
-            batch = producer.create_batch()
-            for record in records:
-                # append() refuses a record only when the batch is full and non-empty; an
-                # empty batch takes any record, so this loop runs at most twice.
-                while (
-                    batch.append(
-                        key=record.key, value=record.value, timestamp=None, headers=record.headers
-                    )
-                    is None
-                ):
-                    pending.append(await producer.send_batch(batch, topic, partition=0))
-                    batch = producer.create_batch()
-            pending.append(await producer.send_batch(batch, topic, partition=0))
-        await asyncio.gather(*pending)
-
-    async def _started_producer(self) -> AIOKafkaProducer:
-        async with self._start_lock:
-            if self._producer is None:
-                producer = AIOKafkaProducer(
-                    bootstrap_servers=self._app.laneway.bootstrap_servers,
-                    acks="all",
-                    enable_idempotence=True,  # broker-side dedupe of the producer's own retries
-                    max_batch_size=1024 * 1024,
-                )
-                await producer.start()
-                self._producer = producer
-            return self._producer
-
-    async def _declare(self, topic: str) -> None:
-        # One partition per tenant topic keeps each tenant's output in ingress order.
-        await self._app.producer.create_topic(
-            topic, partitions=1, replication=self._app.laneway.topic_replication
-        )
-        self._known_topics.add(topic)
-        log.info("declared output topic %s", topic)
-
-    async def _on_shutdown(self, app: LanewayApp, **_: Any) -> None:
-        if self._producer is not None:
-            await self._producer.stop()

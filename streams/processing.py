@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import functools
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -21,6 +22,9 @@ from streams.topics import TopicNames, is_valid_tenant_id
 HEADER_TENANT = "laneway-tenant"
 HEADER_IDEMPOTENCY_KEY = "laneway-idempotency-key"
 HEADER_SCHEMA_VERSION = "laneway-schema-version"
+# On a dedicated-lane record: where the original sits in ingress, so events keep their `ref`
+# and idempotency key whichever lane processed them.
+HEADER_SOURCE = "laneway-source"
 _SCHEMA_VERSION_BYTES = str(EVENT_SCHEMA_VERSION).encode()
 
 
@@ -61,10 +65,33 @@ class IngressRecord(NamedTuple):
     timestamp_ms: int
 
 
+def forward_to_lane(record: IngressRecord, lane_topic: str) -> OutputRecord:
+    """The ingress record as it is handed to a dedicated lane: same key and bytes, plus origin."""
+    origin = f"{record.topic}|{record.partition}|{record.offset}|{record.timestamp_ms}"
+    return OutputRecord(
+        topic=lane_topic,
+        key=record.key or b"",
+        value=record.value or b"",
+        headers=[(HEADER_SOURCE, origin.encode())],
+        is_dlq=False,
+    )
+
+
+def lane_record_origin(
+    key: bytes | None, value: bytes | None, headers: Iterable[tuple[str, bytes]]
+) -> IngressRecord | None:
+    """The ingress record a dedicated-lane record was forwarded from; None without the header."""
+    for name, raw in headers:
+        if name == HEADER_SOURCE:
+            topic, partition, offset, timestamp_ms = raw.decode().rsplit("|", 3)
+            return IngressRecord(key, value, topic, int(partition), int(offset), int(timestamp_ms))
+    return None
+
+
 def process_ingress_record(record: IngressRecord, topics: TopicNames) -> list[OutputRecord]:
     """All outputs for one ingress record, in message order."""
     received_at = _iso_utc(record.timestamp_ms)
-    tenant = _tenant_of(record.key)
+    tenant = tenant_of_key(record.key)
     payload = record.value or b""
     whole_record = IngressRef(topic=record.topic, partition=record.partition, offset=record.offset)
     if tenant is None:
@@ -240,7 +267,7 @@ def guess_control_id(raw: bytes) -> str | None:
     return fields[9].decode("utf-8", "replace")
 
 
-def _tenant_of(key: bytes | None) -> str | None:
+def tenant_of_key(key: bytes | None) -> str | None:
     if not key:
         return None
     try:

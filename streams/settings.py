@@ -60,6 +60,34 @@ class Settings(BaseSettings):
         description="Longest wait to fill a processor batch; bounds added latency at low rates.",
     )
 
+    lanes_enabled: bool = Field(
+        default=True,
+        description="Move noisy tenants to dedicated lanes; false = one shared lane (naive).",
+    )
+    dedicated_lanes: int = Field(default=4, ge=1, description="Size of the dedicated-lane pool.")
+    lane_web_port: int = Field(default=6067, description="Web port of the lane worker process.")
+    promote_factor: float = Field(
+        default=4.0, gt=1, description="Promote when the recent rate exceeds this x contract."
+    )
+    promote_min_rate: float = Field(
+        default=20.0, ge=0, description="Never promote a tenant below this many msgs/s."
+    )
+    calm_factor: float = Field(
+        default=1.0,
+        gt=0,
+        description="A tenant is calm while its 10 s rate is below this x contract.",
+    )
+    hold_down_s: float = Field(
+        default=120.0, ge=0, description="Calm this long (and drained) before moving back."
+    )
+    default_rate_per_s: float = Field(
+        default=50.0, gt=0, description="Contract rate of tenants without one (msgs/s)."
+    )
+    default_burst: int = Field(default=100, ge=1, description="Contract burst of such tenants.")
+    ingest_ceiling_factor: float = Field(
+        default=20.0, gt=1, description="Ingest slows a sender above this x its contract rate."
+    )
+
     @property
     def broker_url(self) -> str:
         """Faust wants `kafka://host:port;host:port`."""

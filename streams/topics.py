@@ -37,6 +37,19 @@ class TopicNames:
         """Compacted topic of tenant configs, keyed by tenant id."""
         return f"{self.prefix}tenants"
 
+    @property
+    def tenant_state(self) -> str:
+        """Compacted topic of per-tenant measurements and lane, keyed by tenant id."""
+        return f"{self.prefix}tenant-state"
+
+    @property
+    def control(self) -> str:
+        """Append-only log of lane moves: who moved where, when and why."""
+        return f"{self.prefix}control"
+
+    def dedicated_lane(self, lane: int) -> str:
+        return f"{self.prefix}lane.dedicated.{lane}"
+
     def out(self, tenant_id: str) -> str:
         return f"{self.prefix}out.{tenant_id}"
 

@@ -54,16 +54,36 @@ def worker_env(
         "LANEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
         "LANEWAY_WEB_PORT": str(free_port()),
         "LANEWAY_MLLP_PORT": str(free_port()),
+        "LANEWAY_LANE_WEB_PORT": str(free_port()),
+        "LANEWAY_HOLD_DOWN_S": "3",
     }
     # Faust's own topics start with the app id, Laneway's with the topic prefix.
     asyncio.run(delete_topics_with_prefix(bootstrap, f"lwtest-{run_id}.", f"laneway-test-{run_id}"))
 
 
 @pytest.fixture(scope="session")
-def worker(worker_env: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    """One real `faust -A agents.worker worker` process for the whole session."""
+def worker(
+    worker_env: dict, lane_worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    """One real `faust -A agents.worker worker` process for the whole session, with the
+    lane worker beside it: the full process topology."""
     log_dir: Path = tmp_path_factory.mktemp("worker-logs")
     process = WorkerProcess(worker_env, log_dir / "worker.log")
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def lane_worker(
+    worker_env: dict, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    """The dedicated-lane worker process, beside the session's shared worker."""
+    log_dir: Path = tmp_path_factory.mktemp("lane-worker-logs")
+    env = {**worker_env, "LANEWAY_WEB_PORT": worker_env["LANEWAY_LANE_WEB_PORT"]}
+    process = WorkerProcess(env, log_dir / "lane-worker.log", module="agents.lane_worker")
     process.start()
     try:
         yield process

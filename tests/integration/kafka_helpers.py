@@ -50,10 +50,17 @@ async def delete_topics_with_prefix(bootstrap: str, *prefixes: str) -> None:
 
 
 class WorkerProcess:
-    """A real `faust -A agents.worker worker` subprocess with its own log file."""
+    """A real `faust -A <module> worker` subprocess with its own log file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, web_port: int | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        web_port: int | None = None,
+        module: str = "agents.worker",
+    ) -> None:
         self.env = {**os.environ, **env}
+        self.module = module
         if web_port is not None:
             self.env["LANEWAY_WEB_PORT"] = str(web_port)
         self.env.setdefault("LANEWAY_WEB_PORT", str(free_port()))
@@ -63,7 +70,7 @@ class WorkerProcess:
     def start(self, ready_timeout_s: float = 90.0) -> None:
         log = self.log_path.open("ab")
         self._process = subprocess.Popen(
-            [str(FAUST), "-A", "agents.worker", "worker", "-l", "info"],
+            [str(FAUST), "-A", self.module, "worker", "-l", "info"],
             cwd=REPO,
             env=self.env,
             stdout=log,

@@ -28,6 +28,8 @@ async def test_worker_killed_mid_stream_loses_nothing(
         **worker_env,
         "LANEWAY_APP_ID": worker_env["LANEWAY_APP_ID"] + "-crash",
         "LANEWAY_TOPIC_PREFIX": worker_env["LANEWAY_TOPIC_PREFIX"] + "crash.",
+        # One process under test: no lane worker, so this burst must not be promoted.
+        "LANEWAY_LANES_ENABLED": "false",
     }
     topics = TopicNames(env["LANEWAY_TOPIC_PREFIX"])
     worker = WorkerProcess(env, tmp_path / "worker.log")

@@ -1,0 +1,220 @@
+"""The MLLP listener: HL7 v2 senders over TCP, served inside the worker process.
+
+One asyncio task per connection, so hundreds of connections cost no threads. Bytes go through
+`MllpDecoder`; every complete frame goes to `Ingest.from_sender`, which makes all the HL7
+decisions (header checks, sender -> tenant, paused, the durable acks=all write, AA/AE/AR and
+MSH-15), and the connection answers with whatever `Ingest.ack` returns.
+
+A connection handles its frames strictly one after another: the next frame is not looked at
+before the previous frame's ACK is written. ACKs therefore come back in order, and a sender's
+messages reach ingress in the order it sent them.
+
+Protocol problems, per connection:
+- an oversize frame is refused (MESSAGE_TOO_LARGE, echoing what the frame's first bytes tell
+  of its MSH) and the connection is closed once the sender has finished writing the frame;
+- bytes outside frames are skipped with a warning;
+- broken framing (a VT inside a frame) closes the connection: the sender lost track of the
+  framing, so nothing it sends next can be trusted to be whole;
+- no progress for `mllp_idle_timeout_s` (no bytes from the sender, or ACKs it does not read)
+  closes the connection.
+An unexpected failure is logged (its type and place, never content) and closes that connection
+only. Message bytes are never logged: they are PHI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from ipaddress import ip_address
+
+from mode import Service
+
+from agents.ingest import Ingest, IngestResult, Peer
+from agents.registry import TenantRegistry
+from streams.app import LanewayApp
+from streams.hl7.ack import MESSAGE_TOO_LARGE, Outcome, ack_for
+from streams.hl7.header import read_header_lenient
+from streams.mllp import Frame, FramingError, FramingErrorKind, MllpDecoder, frame
+
+log = logging.getLogger(__name__)
+
+READ_BYTES = 64 * 1024
+# Connections arriving together (a fleet reconnecting after a network blip) must not be
+# refused by a full accept queue; the kernel caps this at net.core.somaxconn.
+ACCEPT_BACKLOG = 1024
+# After refusing an oversize frame, how long its sender may go on writing the rest of it.
+# Closing a socket with unread input resets the connection, which can destroy the refusal
+# before the sender reads it; bounded so that a sender cannot hold the connection this way.
+OVERSIZE_LINGER_S = 10.0
+
+
+@dataclass(slots=True)
+class MllpCounters:
+    """Running totals since start, for metrics."""
+
+    connections_open: int = 0
+    connections_total: int = 0
+    frames: int = 0
+    acks: Counter[str] = field(default_factory=Counter)  # by MSA-1 code
+    acks_withheld: int = 0  # MSH-15 asked for no ACK
+    framing_errors: Counter[str] = field(default_factory=Counter)  # by FramingErrorKind
+    stalled_closed: int = 0  # closed for no progress within the idle timeout
+    connection_failures: int = 0  # closed by an unexpected error
+
+
+class _Stalled(Exception):
+    """No progress on a connection within the idle timeout."""
+
+
+class MllpListener(Service):
+    """The MLLP server on `mllp_host:mllp_port`; opens once the tenant registry is loaded."""
+
+    def __init__(
+        self, app: LanewayApp, registry: TenantRegistry, ingest: Ingest, **kwargs: object
+    ) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.app = app
+        self.registry = registry
+        self.ingest = ingest
+        self.counters = MllpCounters()
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    async def on_start(self) -> None:
+        # Before the registry is loaded every sender would be refused as unknown.
+        await self.registry.ready.wait()
+        settings = self.app.laneway
+        self._server = await asyncio.start_server(
+            self._serve, settings.mllp_host, settings.mllp_port, backlog=ACCEPT_BACKLOG
+        )
+        log.info("MLLP listener on %s:%d", settings.mllp_host, settings.mllp_port)
+
+    async def on_stop(self) -> None:
+        if self._server is not None:
+            self._server.close()  # stop accepting first, then end the open connections
+        connections = list(self._connections)
+        for task in connections:
+            task.cancel()
+        await asyncio.gather(*connections, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One connection from accept to close; asyncio runs it as a task of its own."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        counters = self.counters
+        counters.connections_open += 1
+        counters.connections_total += 1
+        peer = _peer_address(writer)
+        try:
+            await self._converse(reader, writer, peer)
+        except ConnectionError:
+            pass  # the sender went away, possibly mid-frame: nothing left to answer
+        except _Stalled as stall:
+            counters.stalled_closed += 1
+            log.info("closing MLLP connection from %s: %s", peer, stall)
+            writer.transport.abort()  # whatever is still unsent will never be read
+        except Exception as error:
+            counters.connection_failures += 1
+            log.error(
+                "closing MLLP connection from %s after an unexpected %s at %s",
+                peer,
+                type(error).__name__,
+                _where(error),  # the exception's text may quote message content
+            )
+        finally:
+            counters.connections_open -= 1
+            self._connections.discard(task)
+            writer.close()
+
+    async def _converse(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer
+    ) -> None:
+        """Read, decode and answer until the sender closes or a framing error ends it."""
+        settings = self.app.laneway
+        decoder = MllpDecoder(settings.mllp_max_frame_bytes)
+        while data := await self._read(reader):
+            for event in decoder.feed(data):
+                if isinstance(event, Frame):
+                    self.counters.frames += 1
+                    result = await self.ingest.from_sender(event.payload, peer)
+                    await self._answer(result, writer)
+                elif not await self._keep_going_after(event, reader, writer, peer):
+                    return
+
+    async def _keep_going_after(
+        self,
+        error: FramingError,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer: Peer,
+    ) -> bool:
+        """Handle a framing error; False when the connection must be closed."""
+        self.counters.framing_errors[error.kind] += 1
+        if error.kind is FramingErrorKind.GARBAGE:
+            log.warning("MLLP sender %s: skipped bytes outside a frame", peer)
+            return True
+        if error.kind is FramingErrorKind.OVERSIZE:
+            log.warning("MLLP sender %s: frame over the size limit, refused", peer)
+            header = read_header_lenient(error.head)
+            refusal = IngestResult(
+                header, None, error=MESSAGE_TOO_LARGE, reason="message_too_large"
+            )
+            await self._answer(refusal, writer)
+            await self._linger(reader, writer)
+            return False
+        log.warning("MLLP sender %s: broken framing (start block inside a frame)", peer)
+        return False
+
+    async def _answer(self, result: IngestResult, writer: asyncio.StreamWriter) -> None:
+        ack = self.ingest.ack(result, datetime.now(UTC))
+        if ack is None:
+            self.counters.acks_withheld += 1
+            return
+        outcome = Outcome.ACCEPTED if result.error is None else result.error.outcome
+        self.counters.acks[ack_for(result.header, outcome).code] += 1
+        writer.write(frame(ack))
+        try:
+            async with asyncio.timeout(self.app.laneway.mllp_idle_timeout_s):
+                await writer.drain()  # a sender that never reads its ACKs must not pile them up
+        except TimeoutError:
+            raise _Stalled("the sender does not read its ACKs") from None
+
+    async def _read(self, reader: asyncio.StreamReader) -> bytes:
+        """The next bytes from the sender, b"" once it has closed its side."""
+        try:
+            async with asyncio.timeout(self.app.laneway.mllp_idle_timeout_s):
+                return await reader.read(READ_BYTES)
+        except TimeoutError:
+            raise _Stalled("no bytes from the sender within the idle timeout") from None
+
+    async def _linger(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Signal the end of our answers, then discard what the sender still writes."""
+        if writer.can_write_eof():
+            writer.write_eof()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(OVERSIZE_LINGER_S):
+                while await reader.read(READ_BYTES):
+                    pass
+
+
+def _peer_address(writer: asyncio.StreamWriter) -> Peer:
+    """The sender's IP address (sender identities can be limited to networks), None if unknown."""
+    peername = writer.get_extra_info("peername")
+    try:
+        return ip_address(peername[0])
+    except (TypeError, IndexError, ValueError):
+        return None
+
+
+def _where(error: BaseException) -> str:
+    """file:line of the innermost frame of `error`, for logs that must not quote its text."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "unknown"

@@ -1,0 +1,316 @@
+"""Rolling volume windows per tenant: pure, bucketed, allocated only for tenants with traffic.
+
+Time is always passed in (`now`, seconds since the epoch), never read here.
+
+Resolution. Each window is read from a ring of fixed-width buckets:
+
+    window   bucket   buckets   also serves
+    10 s     1 s      10        `recent_rate` (last 1..10 s)
+    1 min    10 s     6
+    5 min    1 min    5 of 60
+    1 h      1 min    60
+
+A window of N buckets is the current, partial bucket plus the N - 1 whole buckets before it, so
+it covers between (N - 1) and N bucket widths of real time (10 s: 9-10 s; 1 min: 50-60 s;
+5 min: 4-5 min; 1 h: 59-60 min). Counts (messages, bytes, DLQ records) are over that span, and a
+rate divides by exactly that span, so a steady rate is measured without bias; the error is at the
+far edge only: a burst leaves a window up to one bucket width early.
+
+Hot path. `record` touches plain attributes only: the current second's counts live in three
+ints and reach the rings once per second (when a later second starts, or before any read).
+
+Time never runs backwards inside a `TenantVolume`: a `now` earlier than the newest second seen
+counts as that second, so a clock step back cannot corrupt the rings.
+"""
+
+from __future__ import annotations
+
+from array import array
+from dataclasses import asdict, dataclass
+from typing import Any
+
+SECOND_BUCKETS = 10  # 1-s buckets: the 10-s window and `recent_rate`
+TEN_SECOND_BUCKETS = 6  # 10-s buckets: the 1-min window
+MINUTE_BUCKETS = 60  # 1-min buckets: the 5-min and 1-h windows; the part that is persisted
+
+_FIELDS = 3  # per bucket: messages, bytes, DLQ records
+_NEVER = -(1 << 62)  # head of a ring nothing was written to: older than any real bucket
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeSnapshot:
+    """One tenant's windows at one instant. Rates in messages per second."""
+
+    rate_10s: float
+    rate_1m: float
+    rate_5m: float
+    rate_1h: float
+    bytes_10s: int
+    bytes_1m: int
+    bytes_5m: int
+    bytes_1h: int
+    dlq_10s: int
+    dlq_1m: int
+    dlq_5m: int
+    dlq_1h: int
+    received: int  # messages since this volume was created (or restored)
+    dlq: int  # DLQ records since this volume was created (or restored)
+    last_message_at: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _zeros(buckets: int) -> array[int]:
+    return array("q", bytes(8 * _FIELDS * buckets))
+
+
+class _Ring:
+    """(messages, bytes, DLQ) per bucket of `width` seconds, for the newest `size` buckets.
+
+    Stale buckets are cleared lazily, when a write moves the head past them; reads ignore
+    buckets outside the window instead of clearing them, so reading never mutates.
+    """
+
+    __slots__ = ("_counts", "_head", "_size", "_width")
+
+    def __init__(self, size: int, width: int) -> None:
+        self._counts = _zeros(size)
+        self._size = size
+        self._width = width
+        self._head = _NEVER  # index (bucket widths since the epoch) of the newest written bucket
+
+    def add(self, second: int, messages: int, nbytes: int, dlq: int) -> None:
+        """Count into the bucket of `second`, which is never older than the newest bucket."""
+        bucket = second // self._width
+        if bucket > self._head:
+            self._advance(bucket)
+        slot = bucket % self._size * _FIELDS
+        counts = self._counts
+        counts[slot] += messages
+        counts[slot + 1] += nbytes
+        counts[slot + 2] += dlq
+
+    def _advance(self, bucket: int) -> None:
+        if bucket - self._head >= self._size:
+            self._counts = _zeros(self._size)
+        else:
+            for stale in range(self._head + 1, bucket + 1):
+                slot = stale % self._size * _FIELDS
+                self._counts[slot : slot + _FIELDS] = _zeros(1)
+        self._head = bucket
+
+    def totals(self, now: float, buckets: int) -> tuple[int, int, int]:
+        """(messages, bytes, DLQ) in the `buckets` newest buckets, up to the one holding `now`."""
+        newest = int(now) // self._width
+        oldest = max(newest - buckets + 1, self._head - self._size + 1)
+        newest = min(newest, self._head)  # buckets after the head hold stale counts
+        if oldest > newest:
+            return 0, 0, 0
+        first = oldest % self._size * _FIELDS
+        end = (newest % self._size + 1) * _FIELDS
+        counts = self._counts
+        window = counts[first:end] if first < end else counts[first:] + counts[:end]
+        return sum(window[0::_FIELDS]), sum(window[1::_FIELDS]), sum(window[2::_FIELDS])
+
+    def span(self, now: float, buckets: int) -> float:
+        """Seconds a window of `buckets` buckets covers at `now`; at least one bucket width."""
+        return max((buckets - 1) * self._width + now % self._width, self._width)
+
+    def empty(self, now: float) -> bool:
+        """Nothing was written within the ring's reach of `now`."""
+        return int(now) // self._width - self._size >= self._head
+
+    def state(self) -> list[int]:
+        return [self._head, *self._counts]
+
+
+class TenantVolume:
+    """Messages, bytes and DLQ records of one tenant over the rolling windows (~2.7 KB)."""
+
+    __slots__ = (
+        "_bytes",
+        "_dlq",
+        "_dlq_total",
+        "_messages",
+        "_minutes",
+        "_received",
+        "_roll_at",
+        "_second",
+        "_seconds",
+        "_tens",
+        "last_message_at",
+    )
+
+    def __init__(self) -> None:
+        # Counts of second `_second`, not yet in the rings; `_roll_at` is when the next starts.
+        self._messages = 0
+        self._bytes = 0
+        self._dlq = 0
+        self._second = _NEVER
+        self._roll_at = float("-inf")
+        self._seconds = _Ring(SECOND_BUCKETS, 1)
+        self._tens = _Ring(TEN_SECOND_BUCKETS, 10)
+        self._minutes = _Ring(MINUTE_BUCKETS, 60)
+        self._received = 0
+        self._dlq_total = 0
+        self.last_message_at: float | None = None
+
+    def record(self, now: float, messages: int = 1, nbytes: int = 0) -> None:
+        if now >= self._roll_at:
+            self._roll(now)
+        self._messages += messages
+        self._bytes += nbytes
+        self.last_message_at = now
+
+    def record_dlq(self, now: float, n: int = 1) -> None:
+        if now >= self._roll_at:
+            self._roll(now)
+        self._dlq += n
+
+    def recent_rate(self, now: float, seconds: int = 2) -> float:
+        """Messages per second in the current second plus the `seconds` - 1 whole seconds before.
+
+        The count is divided by the time those buckets cover, (`seconds` - 1) s plus the elapsed
+        part of the current second, but by at least 1 s, so a message just after a second
+        boundary never reads as a huge rate. `seconds` is 1..10.
+        """
+        if not 1 <= seconds <= SECOND_BUCKETS:
+            raise ValueError(f"seconds must be 1..{SECOND_BUCKETS}, not {seconds}")
+        now = self._settle(now)
+        return self._seconds.totals(now, seconds)[0] / self._seconds.span(now, seconds)
+
+    def rates(self, now: float) -> VolumeSnapshot:
+        now = self._settle(now)
+        seconds, tens, minutes = self._seconds, self._tens, self._minutes
+        messages_10s, bytes_10s, dlq_10s = seconds.totals(now, SECOND_BUCKETS)
+        messages_1m, bytes_1m, dlq_1m = tens.totals(now, TEN_SECOND_BUCKETS)
+        messages_5m, bytes_5m, dlq_5m = minutes.totals(now, 5)
+        messages_1h, bytes_1h, dlq_1h = minutes.totals(now, MINUTE_BUCKETS)
+        return VolumeSnapshot(
+            rate_10s=messages_10s / seconds.span(now, SECOND_BUCKETS),
+            rate_1m=messages_1m / tens.span(now, TEN_SECOND_BUCKETS),
+            rate_5m=messages_5m / minutes.span(now, 5),
+            rate_1h=messages_1h / minutes.span(now, MINUTE_BUCKETS),
+            bytes_10s=bytes_10s,
+            bytes_1m=bytes_1m,
+            bytes_5m=bytes_5m,
+            bytes_1h=bytes_1h,
+            dlq_10s=dlq_10s,
+            dlq_1m=dlq_1m,
+            dlq_5m=dlq_5m,
+            dlq_1h=dlq_1h,
+            received=self._received,
+            dlq=self._dlq_total,
+            last_message_at=self.last_message_at,
+        )
+
+    def is_idle(self, now: float) -> bool:
+        """Every window is empty (the 1-h ring reaches furthest back): the owner may drop it."""
+        return self._minutes.empty(self._settle(now))
+
+    def to_state(self) -> dict[str, Any]:
+        """JSON-able: the minute buckets (5-min and 1-h windows), totals and the last message.
+
+        The 1-s and 10-s buckets are not kept: after a restore the 10-s and 1-min windows start
+        empty and fill again within a minute.
+        """
+        self._flush()
+        return {
+            "minutes": self._minutes.state(),
+            "received": self._received,
+            "dlq": self._dlq_total,
+            "last_message_at": self.last_message_at,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], now: float) -> TenantVolume:
+        """A volume as `to_state` left it; buckets a clock ahead of ours wrote move back to now."""
+        volume = cls()
+        head, *counts = state["minutes"]
+        shift = max(0, head - int(now) // 60)
+        for bucket in range(head - MINUTE_BUCKETS + 1, head + 1):  # oldest first, as `add` needs
+            slot = bucket % MINUTE_BUCKETS * _FIELDS
+            messages, nbytes, dlq = counts[slot : slot + _FIELDS]
+            if messages or nbytes or dlq:
+                volume._minutes.add((bucket - shift) * 60, messages, nbytes, dlq)
+        volume._received = state["received"]
+        volume._dlq_total = state["dlq"]
+        volume.last_message_at = state["last_message_at"]
+        volume._second = int(now)  # an earlier `now` later on counts as this second
+        volume._roll_at = volume._second + 1.0
+        return volume
+
+    def _roll(self, now: float) -> None:
+        self._flush()
+        self._second = int(now)
+        self._roll_at = self._second + 1.0
+
+    def _flush(self) -> None:
+        """Move the current second's counts into the rings."""
+        messages, nbytes, dlq = self._messages, self._bytes, self._dlq
+        if messages or nbytes or dlq:
+            for ring in (self._seconds, self._tens, self._minutes):
+                ring.add(self._second, messages, nbytes, dlq)
+            self._received += messages
+            self._dlq_total += dlq
+            self._messages = self._bytes = self._dlq = 0
+
+    def _settle(self, now: float) -> float:
+        """Flush before a read; the read happens at `now`, or at the newest second seen."""
+        self._flush()
+        return max(now, self._second)
+
+
+_IDLE = TenantVolume().rates(0.0)
+
+
+class VolumeBook:
+    """tenant id -> TenantVolume, created on first traffic: a tenant that never sent costs nothing.
+
+    Dropping an idle volume (`drop_idle`) also resets its totals since start.
+    """
+
+    __slots__ = ("_volumes",)
+
+    def __init__(self) -> None:
+        self._volumes: dict[str, TenantVolume] = {}
+
+    def record(self, tenant: str, now: float, nbytes: int) -> None:
+        volume = self._volumes.get(tenant)
+        if volume is None:
+            volume = self._volumes[tenant] = TenantVolume()
+        volume.record(now, 1, nbytes)
+
+    def record_dlq(self, tenant: str, now: float, n: int = 1) -> None:
+        volume = self._volumes.get(tenant)
+        if volume is None:
+            volume = self._volumes[tenant] = TenantVolume()
+        volume.record_dlq(now, n)
+
+    def snapshot(self, tenant: str, now: float) -> VolumeSnapshot:
+        volume = self._volumes.get(tenant)
+        return _IDLE if volume is None else volume.rates(now)
+
+    def recent_rate(self, tenant: str, now: float, seconds: int = 2) -> float:
+        volume = self._volumes.get(tenant)
+        return 0.0 if volume is None else volume.recent_rate(now, seconds)
+
+    def state(self, tenant: str) -> dict[str, Any] | None:
+        volume = self._volumes.get(tenant)
+        return None if volume is None else volume.to_state()
+
+    def restore(self, tenant: str, state: dict[str, Any], now: float) -> None:
+        """Adopt a persisted state, unless the tenant already has live counts."""
+        if tenant not in self._volumes:
+            self._volumes[tenant] = TenantVolume.from_state(state, now)
+
+    def drop_idle(self, now: float) -> list[str]:
+        """Forget the tenants whose windows are all empty; returns their ids."""
+        idle = [tenant for tenant, volume in self._volumes.items() if volume.is_idle(now)]
+        for tenant in idle:
+            del self._volumes[tenant]
+        return idle
+
+    def __len__(self) -> int:
+        return len(self._volumes)
