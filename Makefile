@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv kafka-up kafka-down run worker test test-unit lint format bench bench-throughput bench-codec clean
+.PHONY: help venv kafka-up kafka-down run worker test test-unit lint format bench bench-throughput bench-mllp bench-codec clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -47,10 +47,13 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 	@$(VENV)/bin/ruff check --fix .
 	@$(VENV)/bin/ruff format .
 
-bench: bench-codec bench-throughput ## Run every benchmark; JSON and PNG in bench/results/
+bench: bench-codec bench-throughput bench-mllp ## Run every benchmark; JSON and PNG in bench/results/
 
 bench-throughput: kafka-up ## End-to-end pipeline vs raw aiokafka pass-through
 	@$(PY) -m bench.throughput
+
+bench-mllp: kafka-up ## MLLP ACK latency at 1,000 msg/s over 10 connections (acks=all)
+	@$(PY) -m bench.mllp
 
 bench-codec: $(STAMP) ## HL7 fast path vs hl7apy vs python-hl7, same process
 	@$(PY) -m bench.codec

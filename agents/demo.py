@@ -21,6 +21,12 @@ from streams.app import LanewayApp
 from streams.hl7.synthetic import SyntheticFeed, malformed
 
 REPORT_EVERY_S = 5.0
+# The second demo tenant floods for 15 s, 30 s in and then every 5 minutes, so `make run` shows
+# a move to a dedicated lane and, after the 120 s hold-down, back.
+BURST_START_S = 30.0
+BURST_EVERY_S = 300.0
+BURST_SECONDS = 15.0
+BURST_FACTOR = 25
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +66,7 @@ async def run(
     members = demo_tenants(tenants)
     tally = _Tally()
     consumer = asyncio.create_task(_follow_outputs(app, members, tally))
+    lane_moves = asyncio.create_task(_follow_lane_moves(app, say))
     try:
         await _send(app, members, run_tag, rate, seconds, bad_every, tally, say)
         say("demo traffic finished; waiting briefly for the last events")
@@ -69,6 +76,7 @@ async def run(
         say(tally.report(members))
     finally:
         consumer.cancel()
+        lane_moves.cancel()
 
 
 class _Tally:
@@ -146,10 +154,20 @@ async def _send(
         tick = 0
         while not seconds or time.monotonic() - started < seconds:
             tick += 1
-            for tenant, feed in feeds.items():
+            elapsed = time.monotonic() - started
+            flooding = (
+                elapsed >= BURST_START_S
+                and (elapsed - BURST_START_S) % BURST_EVERY_S < BURST_SECONDS
+            )
+            for index, (tenant, feed) in enumerate(feeds.items()):
                 # Every Nth message has a broken body: accepted at ingest, parked in the DLQ.
                 bad = bad_every and tick % bad_every == 0
-                payload = malformed(rng, "bad_segment").payload if bad else feed.next_message()
+                if bad:
+                    payload = malformed(rng, "bad_segment").payload
+                elif flooding and index == 1:
+                    payload = b"".join(feed.next_message() for _ in range(BURST_FACTOR))
+                else:
+                    payload = feed.next_message()
                 async with http.post(
                     f"/api/tenants/{tenant}/messages",
                     data=payload,
@@ -158,9 +176,9 @@ async def _send(
                         "Content-Type": "application/hl7-v2",
                     },
                 ) as response:
-                    tally.sent[tenant] += 1
-                    if response.status != 202:
-                        tally.refused[tenant] += 1
+                    answer = await response.json()
+                    tally.sent[tenant] += answer.get("accepted", 0) + answer.get("rejected", 1)
+                    tally.refused[tenant] += answer.get("rejected", 1)
             if time.monotonic() >= next_report:
                 next_report += REPORT_EVERY_S
                 say(f"[{time.monotonic() - started:6.0f}s] per-tenant flow downstream:")
@@ -227,5 +245,24 @@ async def _follow_outputs(app: LanewayApp, members: list[DemoTenant], tally: _Ta
                 tally.count_rejected(tenant)
             else:
                 tally.count_event(tenant, document["message_type"])
+    finally:
+        await consumer.stop()
+
+
+async def _follow_lane_moves(app: LanewayApp, say: Callable[[str], None]) -> None:
+    """Print every lane move the router records on the control topic during the demo."""
+    consumer = AIOKafkaConsumer(
+        app.topic_names.control,
+        bootstrap_servers=app.laneway.bootstrap_servers,
+        auto_offset_reset="latest",
+        enable_auto_commit=False,
+        metadata_max_age_ms=1000,
+    )
+    await consumer.start()
+    try:
+        async for record in consumer:
+            move = json.loads(record.value)
+            target = "shared" if move["to"] is None else f"dedicated.{move['to']}"
+            say(f"** lane move: {move['tenant']} -> {target} ({move['reason']})")
     finally:
         await consumer.stop()

@@ -1,41 +1,61 @@
 #!/usr/bin/env bash
-# `make run`: start a worker in the background, wait for it, then feed demo traffic in the
-# foreground and print what arrives downstream. Ctrl-C stops the demo and the worker.
+# `make run`: start the shared worker and the dedicated-lane worker, wait for both, then feed
+# demo traffic in the foreground and print what arrives downstream. Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RUN_DIR="${LANEWAY_RUN_DIR:-.run}"
-WEB_PORT="${LANEWAY_WEB_PORT:-6066}"
 LOG_DIR="$RUN_DIR/logs"
 mkdir -p "$LOG_DIR"
 FAUST=.venv/bin/faust
+WEB_PORT="${LANEWAY_WEB_PORT:-6066}"
 
-echo "==> starting the Laneway worker (log: $LOG_DIR/worker.log, web: http://127.0.0.1:$WEB_PORT)"
-$FAUST -A agents.worker worker -l info >"$LOG_DIR/worker.log" 2>&1 &
-WORKER_PID=$!
-stop_worker() {
-  echo "==> stopping worker"
-  kill "$WORKER_PID" 2>/dev/null || true
-  wait "$WORKER_PID" 2>/dev/null || true
+# The admin token: yours if set, else one generated once and kept (git-ignored) for next time.
+if [[ -z "${LANEWAY_ADMIN_TOKEN:-}" ]]; then
+  TOKEN_FILE="$RUN_DIR/admin-token"
+  [[ -s "$TOKEN_FILE" ]] || .venv/bin/python -c "import secrets; print(secrets.token_urlsafe(24))" >"$TOKEN_FILE"
+  LANEWAY_ADMIN_TOKEN="$(cat "$TOKEN_FILE")"
+  export LANEWAY_ADMIN_TOKEN
+  echo "==> admin token in $TOKEN_FILE"
+fi
+
+PIDS=()
+stop_workers() {
+  echo "==> stopping workers"
+  kill "${PIDS[@]}" 2>/dev/null || true
+  wait "${PIDS[@]}" 2>/dev/null || true
 }
-trap stop_worker EXIT
+trap stop_workers EXIT
 trap 'exit 0' INT TERM  # Ctrl-C is the normal way to end the demo
 
-deadline=$((SECONDS + 90))
-until grep -q "Ready" "$LOG_DIR/worker.log" 2>/dev/null; do
-  if ! kill -0 "$WORKER_PID" 2>/dev/null; then
-    echo "!! the worker exited during start-up; last lines of its log:" >&2
-    tail -n 40 "$LOG_DIR/worker.log" >&2
-    exit 1
-  fi
-  if ((SECONDS > deadline)); then
-    echo "!! the worker was not ready within 90 s; last lines of its log:" >&2
-    tail -n 40 "$LOG_DIR/worker.log" >&2
-    exit 1
-  fi
-  sleep 0.5
-done
-echo "==> worker ready (pid $WORKER_PID)"
+wait_ready() {  # name pid log
+  local deadline=$((SECONDS + 90))
+  until grep -q "Ready" "$3" 2>/dev/null; do
+    if ! kill -0 "$2" 2>/dev/null; then
+      echo "!! the $1 exited during start-up; last lines of $3:" >&2
+      tail -n 40 "$3" >&2
+      exit 1
+    fi
+    if ((SECONDS > deadline)); then
+      echo "!! the $1 was not ready within 90 s; last lines of $3:" >&2
+      tail -n 40 "$3" >&2
+      exit 1
+    fi
+    sleep 0.5
+  done
+  echo "==> $1 ready (pid $2, log $3)"
+}
+
+echo "==> starting the shared worker and the dedicated-lane worker"
+$FAUST -A agents.worker worker -l info >"$LOG_DIR/worker.log" 2>&1 &
+PIDS+=($!)
+wait_ready "shared worker" "${PIDS[0]}" "$LOG_DIR/worker.log"
+# The lane worker runs at lower OS priority: a flooding tenant must not starve the shared lane.
+nice -n 10 $FAUST -A agents.lane_worker worker -l info >"$LOG_DIR/lane-worker.log" 2>&1 &
+PIDS+=($!)
+wait_ready "lane worker" "${PIDS[1]}" "$LOG_DIR/lane-worker.log"
+
+echo "    admin API:  http://127.0.0.1:$WEB_PORT/api/tenants (Authorization: Bearer <admin token>)"
 echo "    events land on laneway.out.<tenant>, rejects on laneway.dlq.<tenant> (see README)"
 echo "==> sending demo traffic; Ctrl-C to stop"
 $FAUST -A agents.worker demo-traffic "$@"
