@@ -7,12 +7,15 @@ written on its own; the answer lists one result per message, in order:
     207  some accepted, some rejected: see each result
     422  no message accepted: the body or every message is bad
     503  the tenant is paused or Kafka is unavailable: retry after `Retry-After` seconds
+    429  the tenant is above its hard rate ceiling (`ingest_ceiling_factor` x its contract):
+         the refused messages may be resent after `Retry-After` seconds
     401/403/404/413/415  no token, another tenant's (or the admin) token, unknown tenant,
                          body too large, not an HL7 content type
 """
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -76,6 +79,10 @@ def _answer(ingest: Ingest, results: list[IngestResult]) -> web.Response:
     }
     if any(result.reason in _UNAVAILABLE for result in results):
         return web.json_response(body, status=503, headers={"Retry-After": RETRY_AFTER_S})
+    waits = [result.retry_after_s for result in results if result.retry_after_s is not None]
+    if waits:
+        retry_after = str(max(1, math.ceil(max(waits))))
+        return web.json_response(body, status=429, headers={"Retry-After": retry_after})
     if accepted == len(results):
         return web.json_response(body, status=202)
     return web.json_response(body, status=207 if accepted else 422)

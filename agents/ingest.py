@@ -8,6 +8,7 @@ sender or a broker failure is a reject (AR). Message bodies are never logged.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import itertools
 import logging
@@ -24,9 +25,11 @@ from mode import Service
 
 from agents.registry import TenantRegistry
 from streams.app import LanewayApp
+from streams.gcra import Gcra, RateTable
 from streams.hl7 import Hl7Error
 from streams.hl7.ack import (
     BROKER_FAILURE,
+    RATE_CEILING,
     SENDER_PAUSED,
     UNKNOWN_SENDER,
     AckError,
@@ -34,11 +37,14 @@ from streams.hl7.ack import (
     error_for,
 )
 from streams.hl7.header import MessageHeader, PartialHeader, read_header, read_header_lenient
+from streams.tenants import TenantRecord
 
 log = logging.getLogger(__name__)
 
 Peer = IPv4Address | IPv6Address | None
 
+# Longest an MLLP ACK is held for the rate ceiling: beyond it, senders time out and resend.
+MAX_ACK_HOLD_S = 10.0
 # How long a refused-but-maybe-delivered write waits for its sender's resend (see IngressWriter).
 AMBIGUOUS_WRITE_TTL_S = 900.0
 
@@ -57,6 +63,7 @@ class IngestResult:
     reason: str | None = None
     partition: int | None = None
     offset: int | None = None
+    retry_after_s: float | None = None
 
     @property
     def accepted(self) -> bool:
@@ -145,6 +152,13 @@ class Ingest:
     def __init__(self, registry: TenantRegistry, writer: IngressWriter) -> None:
         self.registry = registry
         self.writer = writer
+        settings = registry.app.laneway
+        self._ceiling_factor = settings.ingest_ceiling_factor
+        # The hard ceiling: a GCRA at `ingest_ceiling_factor` x each tenant's contract.
+        self._ceilings = RateTable(
+            settings.default_rate_per_s * self._ceiling_factor,
+            max(1, round(settings.default_burst * self._ceiling_factor)),
+        )
         # ACK control ids: unique per process and restart (pid + counter), no coordination.
         self._ack_ids = (f"LW{os.getpid()}-{n}" for n in itertools.count(1))
 
@@ -159,6 +173,12 @@ class Ingest:
         )
         if tenant_id is None:
             return _refused(header, None, UNKNOWN_SENDER, "unknown_sender")
+        tenant = self.registry.directory.get(tenant_id)
+        if tenant is not None and not tenant.paused:
+            # Over the ceiling, MLLP slows the sender: its ACK (and next message) waits.
+            hold = self._ceiling(tenant).admit(time.time())
+            if hold > 0:
+                await asyncio.sleep(min(hold, MAX_ACK_HOLD_S))
         return await self._write(header, tenant_id, raw)
 
     async def for_tenant(self, tenant_id: str, raw: bytes) -> IngestResult:
@@ -173,7 +193,24 @@ class Ingest:
         if claimed_by is not None and claimed_by != tenant_id:
             # A's token must never put a message that claims to be B's into any topic.
             return _refused(header, tenant_id, UNKNOWN_SENDER, "sender_of_another_tenant")
+        tenant = self.registry.directory.get(tenant_id)
+        if tenant is not None and not tenant.paused:
+            # Over the ceiling, HTTP answers 429 and the sender retries after the delay.
+            ceiling = self._ceiling(tenant)
+            wait = ceiling.delay(time.time())
+            if wait > 0:
+                refused = _refused(header, tenant_id, RATE_CEILING, "rate_ceiling")
+                return dataclasses.replace(refused, retry_after_s=wait)
+            ceiling.admit(time.time())
         return await self._write(header, tenant_id, raw)
+
+    def _ceiling(self, tenant: TenantRecord) -> Gcra:
+        limiter = self._ceilings.limiter(tenant.id)
+        rate = tenant.rate_per_s * self._ceiling_factor
+        if limiter.rate_per_s != rate:  # the contract changed (or is new): follow it
+            burst = max(1, round(tenant.burst * self._ceiling_factor))
+            self._ceilings.set_contract(tenant.id, rate, burst)
+        return limiter
 
     async def _write(self, header: MessageHeader, tenant_id: str, raw: bytes) -> IngestResult:
         tenant = self.registry.directory.get(tenant_id)

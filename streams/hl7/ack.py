@@ -220,6 +220,11 @@ BROKER_FAILURE = AckError(
 MESSAGE_TOO_LARGE = AckError(
     ErrorCondition.APPLICATION_INTERNAL_ERROR, "Message exceeds the size limit", Outcome.REJECT
 )
+RATE_CEILING = AckError(
+    ErrorCondition.APPLICATION_RECORD_LOCKED,
+    "Sender above its rate ceiling, retry later",
+    Outcome.REJECT,
+)
 
 
 def error_for(error: Hl7Error) -> AckError:

@@ -282,3 +282,18 @@ async def test_rotating_a_token_revokes_the_old_one(api: Api) -> None:
     assert answer["token"] != tenant["token"]
     assert "token_sha256" not in answer
     assert (old_status, new_status) == (401, 202)
+
+
+async def test_above_the_rate_ceiling_http_answers_429_with_retry_after(api: Api) -> None:
+    # Contract 1 msg/s, burst 1: the ceiling (20 x contract) admits a burst of 20 at once.
+    tenant = await api.onboard(unique("ceiling"), rate_per_s=1, burst=1)
+    body = b"".join(message(100 + n) for n in range(40))
+
+    status, answer = await api.send(tenant["id"], tenant["token"], body)
+
+    assert status == 429
+    reasons = [result.get("reason") for result in answer["results"]]
+    assert reasons[:20] == [None] * 20  # the burst passes
+    # Beyond it the ceiling refills at 20/s while the request runs: most of the rest wait.
+    assert set(reasons[20:]) <= {None, "rate_ceiling"}
+    assert reasons.count("rate_ceiling") >= 10
