@@ -7,6 +7,7 @@ from typing import Any
 from agents import (
     admin_api,
     commands,  # noqa: F401  (importing registers the faust CLI commands)
+    dlq_replay,
     http_ingest,
     processor,
 )
@@ -38,6 +39,7 @@ def build_worker(settings: Settings | None = None, **faust_overrides: Any) -> La
     app.service(MllpListener(app, registry, ingest))  # type: ignore[arg-type]
     processor.install_shared(app, router)
     admin_api.install(app, registry, guard)
+    dlq_replay.install(app, writer, guard)
     http_ingest.install(app, ingest, guard)
     return app
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import random
 import time
 import uuid
 
 import pytest
 
-from streams.hl7.synthetic import SyntheticFeed
+from streams.hl7.synthetic import SyntheticFeed, malformed
 from streams.processing import guess_control_id
 from streams.topics import TopicNames
 from tests.integration.kafka_helpers import Api, WorkerProcess, consume_until
@@ -297,3 +298,30 @@ async def test_above_the_rate_ceiling_http_answers_429_with_retry_after(api: Api
     # Beyond it the ceiling refills at 20/s while the request runs: most of the rest wait.
     assert set(reasons[20:]) <= {None, "rate_ceiling"}
     assert reasons.count("rate_ceiling") >= 10
+
+
+async def test_dlq_replay_reinjects_each_parked_message_once(
+    api: Api, worker_env: dict, bootstrap: str
+) -> None:
+    topics = TopicNames(worker_env["LANEWAY_TOPIC_PREFIX"])
+    tenant = await api.onboard(unique("replay"))
+    broken = malformed(random.Random(3), "bad_segment").payload  # passes ingest, fails in the body
+    status, _ = await api.send(tenant["id"], tenant["token"], broken)
+    assert status == 202
+    await consume_until(bootstrap, [topics.dlq(tenant["id"])], lambda got: len(got) >= 1, 20)
+
+    path = f"/api/tenants/{tenant['id']}/dlq/replay"
+    first_status, first = await api.call("POST", path, token=api.admin_token)
+    parked = await consume_until(
+        bootstrap, [topics.dlq(tenant["id"])], lambda got: len(got) >= 2, 20
+    )
+    second_status, second = await api.call("POST", path, token=api.admin_token)
+    tenant_status, _ = await api.call("POST", path, token=tenant["token"])
+
+    assert (first_status, first["replayed"]) == (200, 1)
+    # Replayed, it failed the same way and was parked again, with the very same bytes...
+    originals = {json.loads(record.value)["original_base64"] for record in parked}
+    assert len(parked) == 2 and len(originals) == 1
+    # ...and only that new DLQ record is left to replay.
+    assert (second_status, second["replayed"]) == (200, 1)
+    assert tenant_status == 403
