@@ -15,7 +15,7 @@ from streams.hl7.er7 import Delimiters, Hl7Error, split_segments
 
 # SUPPORTED_VERSIONS moved to header.py; the redundant alias keeps it importable from here.
 from streams.hl7.header import SUPPORTED_VERSIONS as SUPPORTED_VERSIONS
-from streams.hl7.header import FieldReader, read_msh, validate_header
+from streams.hl7.header import FieldReader, read_msh, required_fields
 
 _SEGMENT_ID = re.compile(r"[A-Z][A-Z0-9]{2}")
 # A second header inside one message means the caller skipped `split_batch`: reject it rather
@@ -130,11 +130,12 @@ def extract(raw: bytes) -> ExtractedMessage:
     unsupported_version, bad_segment.
     """
     msh = read_msh(raw)
-    header = validate_header(msh)
-    reader = msh.reader
+    message_code, trigger_event, message_structure, control_id, version = required_fields(msh)
+    text, msh_fields, reader, character_set = msh
     delimiters = reader.delimiters
-    segments = split_segments(msh.text)
-    segment_ids = _segment_ids(segments, delimiters.field)
+    field_separator = delimiters.field
+    segments = split_segments(text)
+    segment_ids = _segment_ids(segments, field_separator)
 
     event_datetime = ""
     pid: list[str] = []
@@ -144,125 +145,130 @@ def extract(raw: bytes) -> ExtractedMessage:
     placer_from_orc = ""
     for segment_id, segment in zip(segment_ids, segments, strict=True):
         if segment_id == "OBX":
-            observations.append(_observation(reader, segment.split(delimiters.field)))
+            observations.append(_observation(reader, segment.split(field_separator)))
         elif segment_id == "OBR":
-            orders.append(_order(reader, segment.split(delimiters.field), placer_from_orc))
+            orders.append(_order(reader, segment.split(field_separator), placer_from_orc))
         elif segment_id == "ORC":
-            placer_from_orc = reader.scalar(segment.split(delimiters.field), 2)
+            placer_from_orc = reader.scalar(segment.split(field_separator), 2)
         elif segment_id == "PID" and not pid:
-            pid = segment.split(delimiters.field)
+            pid = segment.split(field_separator)
         elif segment_id == "PV1" and visit is None:
-            visit = _visit(reader, segment.split(delimiters.field))
+            visit = _visit(reader, segment.split(field_separator))
         elif segment_id == "EVN" and not event_datetime:
-            event_datetime = reader.scalar(segment.split(delimiters.field), 2)
+            event_datetime = reader.scalar(segment.split(field_separator), 2)
 
-    name = reader.first_repetition_components(pid, 5)
-    address = reader.first_repetition_components(pid, 11)
+    family, given, middle = reader.first_components(pid, 5, 3)
+    street, _, city, state, postal_code = reader.first_components(pid, 11, 5)
+    scalar = reader.scalar
     return ExtractedMessage(
         delimiters=delimiters,
-        message_code=header.message_code,
-        trigger_event=header.trigger_event,
-        message_structure=header.message_structure,
-        control_id=header.control_id,
-        processing_id=header.processing_id,
-        version=header.version,
-        sending_application=header.sending_application,
-        sending_facility=header.sending_facility,
-        receiving_application=header.receiving_application,
-        receiving_facility=header.receiving_facility,
-        message_datetime=reader.scalar(msh.fields, 7),
+        message_code=message_code,
+        trigger_event=trigger_event,
+        message_structure=message_structure,
+        control_id=control_id,
+        processing_id=scalar(msh_fields, 11),
+        version=version,
+        sending_application=scalar(msh_fields, 3),
+        sending_facility=scalar(msh_fields, 4),
+        receiving_application=scalar(msh_fields, 5),
+        receiving_facility=scalar(msh_fields, 6),
+        message_datetime=scalar(msh_fields, 7),
         event_datetime=event_datetime,
-        accept_ack_type=header.accept_ack_type,
-        application_ack_type=header.application_ack_type,
-        character_set=header.character_set,
+        accept_ack_type=scalar(msh_fields, 15),
+        application_ack_type=scalar(msh_fields, 16),
+        character_set=character_set,
         segment_ids=segment_ids,
         patient_identifiers=_patient_identifiers(reader, pid),
-        patient_name=PersonName(
-            family=reader.component_of(name, 1),
-            given=reader.component_of(name, 2),
-            middle=reader.component_of(name, 3),
-        ),
-        birth_date=reader.scalar(pid, 7),
-        sex=reader.scalar(pid, 8),
-        patient_address=Address(
-            street=reader.component_of(address, 1),
-            city=reader.component_of(address, 3),
-            state=reader.component_of(address, 4),
-            postal_code=reader.component_of(address, 5),
-        ),
-        phone=reader.scalar(pid, 13),
-        ssn=reader.scalar(pid, 19),
+        patient_name=PersonName(family, given, middle),
+        birth_date=scalar(pid, 7),
+        sex=scalar(pid, 8),
+        patient_address=Address(street, city, state, postal_code),
+        phone=scalar(pid, 13),
+        ssn=scalar(pid, 19),
         visit=visit,
         orders=tuple(orders),
         observations=tuple(observations),
     )
 
 
+# Body segment ids already found valid: a set lookup instead of the regex per segment. At most
+# 26 * 36 * 36 ids can match, so the cache is bounded.
+_VALID_BODY_SEGMENT_IDS: set[str] = set()
+
+
 def _segment_ids(segments: list[str], field_separator: str) -> tuple[str, ...]:
-    for position, segment in enumerate(segments, start=1):
+    segment_ids = tuple([segment[:3] for segment in segments])
+    # The usual case in two quick passes: known ids, each followed by the field separator.
+    # segments[0] is the MSH that read_msh took the separator from: valid by construction.
+    if _VALID_BODY_SEGMENT_IDS.issuperset(segment_ids[1:]):
+        for segment in segments:
+            if segment[3:4] != field_separator and len(segment) > 3:
+                break
+        else:
+            return segment_ids
+    _check_segments(segments, field_separator)
+    return segment_ids
+
+
+def _check_segments(segments: list[str], field_separator: str) -> None:
+    """Raise bad_segment for the first invalid segment, else remember the new valid ids."""
+    for position, segment in enumerate(segments[1:], start=2):
         if not _SEGMENT_ID.match(segment) or (len(segment) > 3 and segment[3] != field_separator):
             raise Hl7Error("bad_segment", f"segment {position} does not start with a valid id")
-        if position > 1 and segment[:3] in _HEADER_SEGMENT_IDS:
+        if segment[:3] in _HEADER_SEGMENT_IDS:
             raise Hl7Error("bad_segment", f"segment {position} is a header inside a message")
-    return tuple(segment[:3] for segment in segments)
+    _VALID_BODY_SEGMENT_IDS.update(segment[:3] for segment in segments[1:])
 
 
 def _patient_identifiers(reader: FieldReader, pid: list[str]) -> tuple[PatientIdentifier, ...]:
     identifiers = []
     for repetition in reader.repetitions(pid, 3):
-        components = repetition.split(reader.component)
-        identifier = PatientIdentifier(
-            id_number=reader.component_of(components, 1),
-            assigning_authority=reader.component_of(components, 4),
-            identifier_type=reader.component_of(components, 5),
-        )
-        if identifier.id_number or identifier.assigning_authority or identifier.identifier_type:
-            identifiers.append(identifier)
+        id_number, _, _, assigning_authority, identifier_type = reader.components(repetition, 5)
+        if id_number or assigning_authority or identifier_type:
+            identifiers.append(PatientIdentifier(id_number, assigning_authority, identifier_type))
     return tuple(identifiers)
 
 
 def _visit(reader: FieldReader, pv1: list[str]) -> Visit:
-    location = reader.first_repetition_components(pv1, 3)
+    point_of_care, room, bed, facility = reader.first_components(pv1, 3, 4)
+    scalar = reader.scalar
     return Visit(
-        patient_class=reader.scalar(pv1, 2),
-        location=Location(
-            point_of_care=reader.component_of(location, 1),
-            room=reader.component_of(location, 2),
-            bed=reader.component_of(location, 3),
-            facility=reader.component_of(location, 4),
-        ),
-        visit_number=reader.scalar(pv1, 19),
-        admit_datetime=reader.scalar(pv1, 44),
+        patient_class=scalar(pv1, 2),
+        location=Location(point_of_care, room, bed, facility),
+        visit_number=scalar(pv1, 19),
+        admit_datetime=scalar(pv1, 44),
     )
 
 
 def _order(reader: FieldReader, obr: list[str], placer_from_orc: str) -> Order:
-    service = reader.first_repetition_components(obr, 4)
+    service_code, service_text = reader.first_components(obr, 4, 2)
+    scalar = reader.scalar
     return Order(
-        placer_order_number=reader.scalar(obr, 2) or placer_from_orc,
-        filler_order_number=reader.scalar(obr, 3),
-        service_code=reader.component_of(service, 1),
-        service_text=reader.component_of(service, 2),
-        observation_datetime=reader.scalar(obr, 7),
-        result_status=reader.scalar(obr, 25),
+        placer_order_number=scalar(obr, 2) or placer_from_orc,
+        filler_order_number=scalar(obr, 3),
+        service_code=service_code,
+        service_text=service_text,
+        observation_datetime=scalar(obr, 7),
+        result_status=scalar(obr, 25),
     )
 
 
 def _observation(reader: FieldReader, obx: list[str]) -> Observation:
-    identifier = reader.first_repetition_components(obx, 3)
+    code, text, coding_system = reader.first_components(obx, 3, 3)
+    scalar = reader.scalar
     return Observation(
-        set_id=reader.scalar(obx, 1),
-        value_type=reader.scalar(obx, 2),
-        code=reader.component_of(identifier, 1),
-        text=reader.component_of(identifier, 2),
-        coding_system=reader.component_of(identifier, 3),
-        sub_id=reader.scalar(obx, 4),
-        values=tuple(reader.joined_value(value) for value in reader.repetitions(obx, 5)),
-        units=reader.scalar(obx, 6),
-        reference_range=reader.scalar(obx, 7),
-        abnormal_flags=reader.scalar(obx, 8),
-        status=reader.scalar(obx, 11),
-        observed_at=reader.scalar(obx, 14),
+        set_id=scalar(obx, 1),
+        value_type=scalar(obx, 2),
+        code=code,
+        text=text,
+        coding_system=coding_system,
+        sub_id=scalar(obx, 4),
+        values=tuple([reader.joined_value(value) for value in reader.repetitions(obx, 5)]),
+        units=scalar(obx, 6),
+        reference_range=scalar(obx, 7),
+        abnormal_flags=scalar(obx, 8),
+        status=scalar(obx, 11),
+        observed_at=scalar(obx, 14),
     )
 
 
@@ -280,8 +286,8 @@ def hl7_ts_to_iso(ts: str) -> str | None:
     minute), "20240115123045.12" -> "2024-01-15T12:30:45.12". An offset after a date with no time
     is dropped: ISO 8601 has no zoned calendar date.
     """
-    # Slices and isdecimal() (which accepts exactly the digits the former regex's \d did) instead
-    # of a regex and datetime: this runs several times per message.
+    # Slicing rather than a regex and datetime: this runs several times per message. isdecimal()
+    # accepts exactly the digits int() does, so no int() below can fail.
     ts = ts.strip()
     offset = ""
     if "+" in ts or "-" in ts:

@@ -36,12 +36,29 @@ SUPPORTED_VERSIONS = frozenset(
 # A field separator that is also one of the default encoding characters cannot be combined with
 # them into a valid delimiter set; any other punctuation can.
 _FALLBACK_FIELD_SEPARATORS = frozenset(string.punctuation) - set("^~\\&")
+# See `_reader`. Real feeds use a handful of delimiter sets; the bound only keeps hostile traffic
+# from growing the cache.
+_READERS: dict[tuple[str, str], FieldReader] = {}
+_MAX_CACHED_READERS = 256
 
 
 class FieldReader:
-    """Read positions out of segments split on the field separator, unescaping as it goes."""
+    """Read positions out of segments split on the field separator, unescaping as it goes.
 
-    __slots__ = ("codec", "component", "delimiters", "repetition", "subcomponent")
+    Every method runs several times per message: a value is only partitioned or unescaped when it
+    contains the character concerned, which most values do not. Instances are shared by all the
+    messages with the same delimiters and codec (see `_reader`).
+    """
+
+    __slots__ = (
+        "codec",
+        "component",
+        "delimiters",
+        "escape",
+        "rejoin_table",
+        "repetition",
+        "subcomponent",
+    )
 
     def __init__(self, delimiters: Delimiters, codec: str) -> None:
         self.delimiters = delimiters
@@ -49,37 +66,61 @@ class FieldReader:
         self.component = delimiters.component
         self.repetition = delimiters.repetition
         self.subcomponent = delimiters.subcomponent
+        self.escape = delimiters.escape
+        # `joined_value` re-joins with ^ and &: with those as separators there is nothing to map.
+        standard = (self.component, self.subcomponent) == ("^", "&")
+        self.rejoin_table = (
+            None if standard else str.maketrans({self.component: "^", self.subcomponent: "&"})
+        )
 
     def repetitions(self, fields: list[str], number: int) -> list[str]:
         if number >= len(fields) or not fields[number]:
             return []
         return fields[number].split(self.repetition)
 
-    def first_repetition_components(self, fields: list[str], number: int) -> list[str]:
+    def first_components(self, fields: list[str], number: int, count: int) -> list[str]:
+        """`components` of the first repetition of field `number`."""
         if number >= len(fields):
-            return []
-        return fields[number].partition(self.repetition)[0].split(self.component)
+            return [""] * count
+        value = fields[number]
+        if self.repetition in value:
+            value = value.partition(self.repetition)[0]
+        return self.components(value, count)
 
-    def component_of(self, components: list[str], position: int) -> str:
-        """Component `position` (1-based), first subcomponent, unescaped."""
-        if position > len(components):
-            return ""
-        value = components[position - 1].partition(self.subcomponent)[0]
-        return unescape(value, self.delimiters, self.codec)
+    def components(self, repetition: str, count: int) -> list[str]:
+        """Components 1 to `count` of one repetition, each its first subcomponent unescaped, ""
+        when absent.
+        """
+        components = repetition.split(self.component, count)
+        if len(components) != count:  # pad, or drop the unsplit rest after component `count`
+            components = (components + [""] * count)[:count]
+        if self.subcomponent in repetition:
+            subcomponent = self.subcomponent
+            components = [component.partition(subcomponent)[0] for component in components]
+        if self.escape in repetition:
+            delimiters, codec = self.delimiters, self.codec
+            components = [unescape(component, delimiters, codec) for component in components]
+        return components
 
     def scalar(self, fields: list[str], number: int) -> str:
-        """Field `number`, first repetition, component and subcomponent, unescaped.
-
-        The hottest call of the fast path, hence partitions instead of splits into lists.
-        """
-        if number >= len(fields) or not fields[number]:
+        """Field `number`, first repetition, component and subcomponent, unescaped."""
+        if number >= len(fields):
             return ""
-        value = fields[number].partition(self.repetition)[0]
-        value = value.partition(self.component)[0].partition(self.subcomponent)[0]
-        return unescape(value, self.delimiters, self.codec)
+        value = fields[number]
+        if self.repetition in value:
+            value = value.partition(self.repetition)[0]
+        if self.component in value:
+            value = value.partition(self.component)[0]
+        if self.subcomponent in value:
+            value = value.partition(self.subcomponent)[0]
+        if self.escape in value:
+            value = unescape(value, self.delimiters, self.codec)
+        return value
 
     def joined_value(self, repetition: str) -> str:
         """A whole repetition unescaped part by part and re-joined with ^ and &."""
+        if self.escape not in repetition:  # then only the separators can change
+            return repetition.translate(self.rejoin_table) if self.rejoin_table else repetition
         return "^".join(
             "&".join(
                 unescape(sub, self.delimiters, self.codec)
@@ -146,7 +187,25 @@ def read_header(raw: bytes) -> MessageHeader:
     no_msh, bad_encoding_characters, decode_error, missing_msh_9, missing_msh_10,
     missing_msh_12, unsupported_version. The body is not looked at.
     """
-    return validate_header(read_msh(raw))
+    msh = read_msh(raw)
+    message_code, trigger_event, message_structure, control_id, version = required_fields(msh)
+    reader, fields = msh.reader, msh.fields
+    return MessageHeader(
+        delimiters=reader.delimiters,
+        sending_application=reader.scalar(fields, 3),
+        sending_facility=reader.scalar(fields, 4),
+        receiving_application=reader.scalar(fields, 5),
+        receiving_facility=reader.scalar(fields, 6),
+        message_code=message_code,
+        trigger_event=trigger_event,
+        message_structure=message_structure,
+        control_id=control_id,
+        processing_id=reader.scalar(fields, 11),
+        version=version,
+        accept_ack_type=reader.scalar(fields, 15),
+        application_ack_type=reader.scalar(fields, 16),
+        character_set=msh.character_set,
+    )
 
 
 def read_msh(raw: bytes) -> MshReading:
@@ -161,9 +220,8 @@ def read_msh(raw: bytes) -> MshReading:
         raise Hl7Error("empty", "message has no content")
     if not msh_segment.startswith("MSH"):
         raise Hl7Error("no_msh", "first segment is not MSH")
-    delimiters = Delimiters.from_msh(msh_segment)
-    reader = FieldReader(delimiters, codec)
-    fields = _msh_fields(msh_segment, delimiters)
+    reader = _reader(msh_segment, codec)
+    fields = _msh_fields(msh_segment, reader.delimiters)
     character_set = reader.scalar(fields, 18)
     # Delimiters and MSH-18 are ASCII in every supported charset, so they can be read before
     # decoding with the charset they declare.
@@ -173,19 +231,17 @@ def read_msh(raw: bytes) -> MshReading:
         msh_segment = _first_segment(text)
         if msh_segment is None or not msh_segment.startswith("MSH"):
             raise Hl7Error("decode_error", "MSH does not survive decoding with MSH-18")
-        reader = FieldReader(delimiters, declared)
-        fields = _msh_fields(msh_segment, delimiters)
+        reader = FieldReader(reader.delimiters, declared)
+        fields = _msh_fields(msh_segment, reader.delimiters)
     return MshReading(text, fields, reader, character_set)
 
 
-def validate_header(msh: MshReading) -> MessageHeader:
-    """The required-field checks: missing_msh_9, missing_msh_10, missing_msh_12 and
-    unsupported_version, in that order.
+def required_fields(msh: MshReading) -> tuple[str, str, str, str, str]:
+    """MSH-9.1, MSH-9.2, MSH-9.3, MSH-10 and MSH-12.1 after the required-field checks:
+    missing_msh_9, missing_msh_10, missing_msh_12 and unsupported_version, in that order.
     """
     reader, fields = msh.reader, msh.fields
-    message_type = reader.first_repetition_components(fields, 9)
-    message_code = reader.component_of(message_type, 1)
-    trigger_event = reader.component_of(message_type, 2)
+    message_code, trigger_event, message_structure = reader.first_components(fields, 9, 3)
     if not message_code or not trigger_event:
         raise Hl7Error("missing_msh_9", "MSH-9 needs a message code and a trigger event")
     control_id = reader.scalar(fields, 10)
@@ -196,22 +252,7 @@ def validate_header(msh: MshReading) -> MessageHeader:
         raise Hl7Error("missing_msh_12", "MSH-12 (version id) is empty")
     if version not in SUPPORTED_VERSIONS:
         raise Hl7Error("unsupported_version", "MSH-12 is not a version from 2.1 to 2.8.2")
-    return MessageHeader(
-        delimiters=reader.delimiters,
-        sending_application=reader.scalar(fields, 3),
-        sending_facility=reader.scalar(fields, 4),
-        receiving_application=reader.scalar(fields, 5),
-        receiving_facility=reader.scalar(fields, 6),
-        message_code=message_code,
-        trigger_event=trigger_event,
-        message_structure=reader.component_of(message_type, 3),
-        control_id=control_id,
-        processing_id=reader.scalar(fields, 11),
-        version=version,
-        accept_ack_type=reader.scalar(fields, 15),
-        application_ack_type=reader.scalar(fields, 16),
-        character_set=msh.character_set,
-    )
+    return message_code, trigger_event, message_structure, control_id, version
 
 
 def read_header_lenient(raw: bytes) -> PartialHeader:
@@ -235,7 +276,7 @@ def read_header_lenient(raw: bytes) -> PartialHeader:
         sending_facility=reader.scalar(fields, 4),
         receiving_application=reader.scalar(fields, 5),
         receiving_facility=reader.scalar(fields, 6),
-        trigger_event=reader.component_of(reader.first_repetition_components(fields, 9), 2),
+        trigger_event=reader.first_components(fields, 9, 2)[1],
         control_id=reader.scalar(fields, 10),
         processing_id=reader.scalar(fields, 11),
         version=reader.scalar(fields, 12),
@@ -260,6 +301,22 @@ def _read_msh_degraded(raw: bytes) -> MshReading | None:
         delimiters = Delimiters(field=msh_segment[3])
     fields = _msh_fields(msh_segment, delimiters)
     return MshReading(text, fields, FieldReader(delimiters, codec), "")
+
+
+def _reader(msh_segment: str, codec: str) -> FieldReader:
+    """The reader for the MSH-1/MSH-2 of `msh_segment` (validated: bad_encoding_characters).
+
+    Senders keep their delimiters, so each set is validated and given a reader once, not per
+    message. Valid MSH-1/MSH-2 and the separator after them lie within msh_segment[3:10]: a key
+    equal to one that passed validation means the same delimiters.
+    """
+    key = (msh_segment[3:10], codec)
+    reader = _READERS.get(key)
+    if reader is None:
+        reader = FieldReader(Delimiters.from_msh(msh_segment), codec)
+        if len(_READERS) < _MAX_CACHED_READERS:
+            _READERS[key] = reader
+    return reader
 
 
 def _first_segment(text: str) -> str | None:

@@ -518,6 +518,8 @@ def test_hl7_ts_to_iso_keeps_the_given_precision(hl7: str, iso: str) -> None:
         "20240229130559 +0100",
         "+0100",
         "2024-1500",
+        "2024-12",
+        "-12",
     ],
 )
 def test_hl7_ts_to_iso_rejects_invalid_values(hl7: str) -> None:
