@@ -364,6 +364,11 @@ def make_systems(run_id: str, bootstrap: str, partitions: int, run_dir: Path) ->
         "LANEWAY_WEB_PORT": str(free_port()),
         "LANEWAY_DATA_DIR": str(run_dir / "data"),
         "LANEWAY_INGRESS_PARTITIONS": str(partitions),
+        # One process, one lane: this measures the processing pipeline itself (lanes would move
+        # every flooding bench tenant to the lane worker; bench.isolation measures lanes).
+        "LANEWAY_LANES_ENABLED": "false",
+        "LANEWAY_MLLP_PORT": str(free_port()),
+        "LANEWAY_ADMIN_TOKEN": secrets.token_urlsafe(16),
     }
     faust = str(Path(sys.executable).with_name("faust"))
     passthrough_command = [
