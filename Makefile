@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv kafka-up kafka-down run worker test test-unit lint format bench bench-throughput bench-mllp bench-codec clean
+.PHONY: help venv browser kafka-up kafka-down run worker test test-unit lint format bench bench-throughput bench-mllp bench-codec clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -27,13 +27,21 @@ kafka-up: $(STAMP) ## Start the local Kafka 4.x (KRaft) broker unless LANEWAY_KA
 kafka-down: ## Stop the local broker (data is kept in .run/kafka)
 	@bash scripts/kafka.sh down
 
-run: kafka-up ## Set up everything, start the worker and feed demo traffic from 3 tenants
+run: kafka-up ## Set up everything, start the shared and lane workers, feed demo traffic from 3 tenants
 	@bash scripts/run.sh
 
 worker: kafka-up ## Run one worker in the foreground
 	@$(VENV)/bin/faust -A agents.worker worker -l info
 
-test: kafka-up ## Set up everything, start Kafka and run the whole test suite
+# Debian's Chromium for the dashboard's browser test (Playwright drives it; it never downloads one).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@echo "==> installing Debian's chromium for the browser test"
+	@apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+
+browser: $(CHROMIUM) ## Install Debian's Chromium (needs root or sudo-less apt)
+
+test: kafka-up $(CHROMIUM) ## Set up everything, start Kafka and run the whole test suite
 	@$(PY) -m pytest
 
 test-unit: $(STAMP) ## Fast unit tests only (no broker)
