@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv browser kafka-up kafka-down run worker test test-unit lint format bench bench-throughput bench-mllp bench-codec clean
+.PHONY: help venv browser kafka-up kafka-down run worker test test-unit lint format bench bench-throughput bench-mllp bench-codec schema clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ bench-mllp: kafka-up ## MLLP ACK latency at 1,000 msg/s over 10 connections (ack
 
 bench-codec: $(STAMP) ## HL7 fast path vs hl7apy vs python-hl7, same process
 	@$(PY) -m bench.codec
+
+schema: $(STAMP) ## Regenerate docs/*-schema.json from streams/records.py
+	@$(PY) scripts/gen_schema.py
 
 clean: ## Remove the venv and runtime state (broker data, worker data, logs)
 	@bash scripts/kafka.sh down || true

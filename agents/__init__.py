@@ -7,9 +7,13 @@ from typing import Any
 from agents import (
     admin_api,
     commands,  # noqa: F401  (importing registers the faust CLI commands)
+    dashboard,
     dlq_replay,
+    fetch_api,
     http_ingest,
+    metrics,
     processor,
+    stats_api,
 )
 from agents.ingest import Ingest, IngressWriter
 from agents.mllp_listener import MllpListener
@@ -36,11 +40,16 @@ def build_worker(settings: Settings | None = None, **faust_overrides: Any) -> La
     guard = Guard(registry, admin_token)
     ingest = Ingest(registry, writer)
     # Registered after the services above, so it opens once they have started.
-    app.service(MllpListener(app, registry, ingest))  # type: ignore[arg-type]
+    mllp = MllpListener(app, registry, ingest)
+    app.service(mllp)  # type: ignore[arg-type]
     processor.install_shared(app, router)
     admin_api.install(app, registry, guard)
+    stats = stats_api.install(app, registry, state, guard)
+    dashboard.install(app)
+    metrics.install(app, stats, mllp.counters)
     dlq_replay.install(app, writer, guard)
     http_ingest.install(app, ingest, guard)
+    fetch_api.install(app, guard)
     return app
 
 
@@ -52,5 +61,8 @@ def build_lane_worker(settings: Settings | None = None, **faust_overrides: Any) 
     )
     # Frequent commits: the router reads them to know when a lane has drained a tenant.
     app = create_app(lane_settings, **{"broker_commit_interval": 0.5, **faust_overrides})
-    processor.install_lanes(app)
+    # Tenant configs for the per-tenant output options (thin, masks) of the lane's events.
+    registry = TenantRegistry(app)
+    app.service(registry)  # type: ignore[arg-type]
+    processor.install_lanes(app, registry)
     return app

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.cli import AppCommand, argument, option
 
 from agents import demo
@@ -56,3 +58,58 @@ async def demo_traffic(
     await demo.run(
         app, tenants=tenants, rate=rate, seconds=seconds, bad_every=bad_every, say=self.say
     )
+
+
+@AppCommand.from_handler(
+    option("--tenant", required=True, callback=lambda _ctx, _param, v: _tenant_option(v)),
+    option("--from-beginning", is_flag=True, help="Start at the oldest retained record."),
+    option("--follow", is_flag=True, help="Keep printing new records until Ctrl-C."),
+    option("--dlq", is_flag=True, help="Read the tenant's DLQ records instead of its events."),
+)
+async def consume(
+    self: AppCommand, tenant: str, from_beginning: bool, follow: bool, dlq: bool, **_: Any
+) -> None:
+    """Print TENANT's events (or DLQ records) as JSON lines on stdout.
+
+    Reading starts at the end of the topic (only new records), or at the oldest retained record
+    with --from-beginning. Without --follow it stops at the end offsets seen at start.
+    """
+    app: LanewayApp = self.app  # type: ignore[assignment]
+    topic = app.topic_names.dlq(tenant) if dlq else app.topic_names.out(tenant)
+    await _print_records(
+        app.laneway.bootstrap_servers,
+        topic,
+        from_beginning=from_beginning,
+        follow=follow,
+        out=sys.stdout.buffer,
+    )
+
+
+async def _print_records(
+    bootstrap_servers: list[str], topic: str, *, from_beginning: bool, follow: bool, out: BinaryIO
+) -> None:
+    """Write each record's value (a JSON document) as one line to `out`."""
+    # No consumer group: reading for a look commits nothing and disturbs no real consumer.
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        if topic not in await consumer.topics():
+            # The faust CLI prints a SystemExit's message and exits 1, without a traceback.
+            raise SystemExit(f"no topic {topic}: is the tenant onboarded?")
+        partition = TopicPartition(topic, 0)  # tenant topics have one partition: one order
+        consumer.assign([partition])
+        if from_beginning:
+            await consumer.seek_to_beginning(partition)
+        else:
+            await consumer.seek_to_end(partition)
+        end = None if follow else (await consumer.end_offsets([partition]))[partition]
+        while end is None or await consumer.position(partition) < end:
+            batch = await consumer.getmany(partition, timeout_ms=500)
+            for record in batch.get(partition, []):
+                if end is not None and record.offset >= end:
+                    break
+                if record.value is not None:
+                    out.write(record.value + b"\n")
+            out.flush()  # a pipe (e.g. into jq) sees each batch as it arrives
+    finally:
+        await consumer.stop()

@@ -20,8 +20,10 @@ from collections.abc import AsyncIterable
 from faust.types import EventT
 
 from agents.publisher import OutputPublisher
+from agents.registry import TenantRegistry
 from agents.router import HOLD, Router
 from streams.app import LanewayApp
+from streams.masking import OutputShapers, load_mask_secret
 from streams.processing import (
     IngressRecord,
     OutputRecord,
@@ -38,6 +40,7 @@ def install_shared(app: LanewayApp, router: Router) -> None:
     settings = app.laneway
     topics = app.topic_names
     publisher = OutputPublisher(app)
+    shapers = OutputShapers(router.registry.directory, load_mask_secret())
 
     # The agent and the release timer both publish; one at a time keeps per-tenant order.
     publishing = asyncio.Lock()
@@ -52,14 +55,16 @@ def install_shared(app: LanewayApp, router: Router) -> None:
 
     def route(record: IngressRecord, lane: int | None, outputs: list, forwards: list) -> None:
         if lane is None:
-            outputs.extend(process_ingress_record(record, topics))
+            outputs.extend(process_ingress_record(record, topics, shapers))
         else:
             forwards.append(forward_to_lane(record, topics.dedicated_lane(lane)))
 
     @app.agent(app.ingress_topic(), name="laneway.shared")
     async def shared_lane(stream: AsyncIterable[bytes]) -> None:
-        # Lanes restored from the tenant-state topic must be known before the first record.
+        # Lanes restored from the tenant-state topic must be known before the first record, and
+        # every tenant's output options (thin, masks): an event is never emitted unmasked.
         await router.ready.wait()
+        await router.registry.ready.wait()
         async for events in stream.take_events(  # type: ignore[attr-defined]
             settings.batch_max, within=settings.batch_within_s
         ):
@@ -96,11 +101,12 @@ def install_shared(app: LanewayApp, router: Router) -> None:
                     event.ack()
 
 
-def install_lanes(app: LanewayApp) -> None:
+def install_lanes(app: LanewayApp, registry: TenantRegistry) -> None:
     """The agent of the lane worker: process whatever the router forwarded to the pool."""
     settings = app.laneway
     topics = app.topic_names
     publisher = OutputPublisher(app)
+    shapers = OutputShapers(registry.directory, load_mask_secret())
     lanes = app.topic(
         *(topics.dedicated_lane(lane) for lane in range(settings.dedicated_lanes)),
         key_type=bytes,
@@ -111,6 +117,7 @@ def install_lanes(app: LanewayApp) -> None:
 
     @app.agent(lanes, name="laneway.dedicated")
     async def dedicated_lanes(stream: AsyncIterable[bytes]) -> None:
+        await registry.ready.wait()  # tenants' output options first: never emit unmasked
         async for events in stream.take_events(  # type: ignore[attr-defined]
             settings.batch_max, within=settings.batch_within_s
         ):
@@ -118,7 +125,8 @@ def install_lanes(app: LanewayApp) -> None:
             for event in events:
                 message = event.message
                 origin = lane_record_origin(message.key, message.value, message.headers or [])
-                outputs.extend(process_ingress_record(origin or _ingress_record(event), topics))
+                record = origin or _ingress_record(event)
+                outputs.extend(process_ingress_record(record, topics, shapers))
             await publisher.publish(outputs)
 
 

@@ -45,16 +45,29 @@ def decode_source(value: bytes) -> SourceId:
     return int(partition), int(offset)
 
 
-async def create_topics(admin: AIOKafkaAdminClient, names: Iterable[str], partitions: int) -> None:
+async def create_topics(
+    admin: AIOKafkaAdminClient,
+    names: Iterable[str],
+    partitions: int,
+    config: dict[str, str] | None = None,
+) -> None:
     """Create the topics; ones that already exist are fine (another worker may have won)."""
     response = await admin.create_topics(
-        [NewTopic(name, partitions, REPLICATION) for name in names]
+        [NewTopic(name, partitions, REPLICATION, topic_configs=config) for name in names]
     )
     # aiokafka reports per-topic errors in the response instead of raising them.
     for entry in response.topic_errors:
         topic, code = entry[0], entry[1]
         if code not in (0, TopicAlreadyExistsError.errno):
             raise for_code(code)(f"creating topic {topic}")
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process (VmRSS in /proc/<pid>/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024  # the kernel reports kB
+    raise BenchError(f"no VmRSS for process {pid}")
 
 
 def free_port() -> int:
@@ -98,6 +111,12 @@ class ConsumerProcess:
             f"{self.name} did not log {marker.decode()!r} within {timeout_s:.0f}s; "
             f"log {self.log_path}:\n{self.log_tail()}"
         )
+
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise BenchError(f"{self.name} was not started")
+        return self._process.pid
 
     def check_alive(self) -> None:
         if self._process is None or self._process.poll() is not None:

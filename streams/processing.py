@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import base64
 import functools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import orjson
 
 from streams.hl7 import ExtractedMessage, Hl7Error, extract, hl7_ts_to_iso, split_batch
+from streams.masking import Shaper
 from streams.records import EVENT_SCHEMA_VERSION, DlqRecord
 from streams.topics import TopicNames, is_valid_tenant_id
 
@@ -88,8 +89,16 @@ def lane_record_origin(
     return None
 
 
-def process_ingress_record(record: IngressRecord, topics: TopicNames) -> list[OutputRecord]:
-    """All outputs for one ingress record, in message order."""
+def process_ingress_record(
+    record: IngressRecord,
+    topics: TopicNames,
+    shapers: Callable[[str], Shaper | None] | None = None,
+) -> list[OutputRecord]:
+    """All outputs for one ingress record, in message order.
+
+    `shapers` gives a tenant's output shaping (thin, masked; see `masking.OutputShapers`);
+    without it, or when it answers None, events go out full and unmasked.
+    """
     received_at = _iso_utc(record.timestamp_ms)
     tenant = tenant_of_key(record.key)
     payload = record.value or b""
@@ -102,6 +111,8 @@ def process_ingress_record(record: IngressRecord, topics: TopicNames) -> list[Ou
     except Exception as error:
         dlq_error = error if isinstance(error, Hl7Error) else _internal_error(error)
         return [_dlq(topics.dlq(tenant), tenant, whole_record, received_at, payload, dlq_error)]
+    # Once per record, not per message: a batch record is one tenant's.
+    shaper = shapers(tenant) if shapers is not None else None
     outputs = []
     for index, raw in enumerate(messages):
         ref = IngressRef(
@@ -109,7 +120,7 @@ def process_ingress_record(record: IngressRecord, topics: TopicNames) -> list[Ou
         )
         # A lone message is parked with the record's exact bytes, so a replay resends them as sent.
         original = payload if len(messages) == 1 else raw
-        outputs.append(_process_message(raw, original, tenant, ref, received_at, topics))
+        outputs.append(_process_message(raw, original, tenant, ref, received_at, topics, shaper))
     return outputs
 
 
@@ -120,9 +131,12 @@ def _process_message(
     ref: IngressRef,
     received_at: str,
     topics: TopicNames,
+    shaper: Shaper | None,
 ) -> OutputRecord:
     try:
         document = event_document(extract(raw), tenant, ref, received_at)
+        if shaper is not None:  # inside the try: a masking bug parks the message, never leaks it
+            document = shaper(document)
         value = orjson.dumps(document)
     except Exception as error:  # even a bug must not stop the tenant's stream: park the message
         dlq_error = error if isinstance(error, Hl7Error) else _internal_error(error)
@@ -153,6 +167,7 @@ def event_document(
     visit = message.visit
     return {
         "schema_version": EVENT_SCHEMA_VERSION,
+        "mode": "full",
         "tenant": tenant,
         "control_id": message.control_id,
         "message_type": f"{message.message_code}^{message.trigger_event}",

@@ -1,20 +1,30 @@
 """Records Laneway writes: the downstream event contract and the DLQ record.
 
 The pydantic models are the contract. Downstream teams read them as JSON from
-`laneway.out.<tenant>` and `laneway.dlq.<tenant>`.
+`laneway.out.<tenant>` (an `OutputEvent`: a full `NormalizedEvent` or a `ThinEvent`, told apart
+by `mode`) and `laneway.dlq.<tenant>` (a `DlqRecord`). Their JSON Schemas are checked in under
+`docs/`; regenerate them with `python scripts/gen_schema.py` (a unit test fails on drift).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 EVENT_SCHEMA_VERSION = 1
+_JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+# Per-tenant masking (streams/masking.py) replaces a value by "h:" + 32 hex characters (hash)
+# or by null (drop); the fields it may touch say so in their schema description.
+_MASKABLE = "Null if the tenant's masking drops it; `h:` + 32 hex characters if it hashes it."
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Serialization-mode schemas then list every field as required: every key is always written.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", json_schema_serialization_defaults_required=True
+    )
 
 
 class IngressRef(_Record):
@@ -27,7 +37,7 @@ class IngressRef(_Record):
 
 
 class PatientIdentifier(_Record):
-    id_number: str
+    id_number: str = Field(description="CX.1; `h:` + 32 hex characters if masking hashes it")
     assigning_authority: str = ""
     identifier_type: str = ""
 
@@ -46,13 +56,19 @@ class Address(_Record):
 
 
 class Patient(_Record):
-    identifiers: list[PatientIdentifier] = Field(default_factory=list)
-    name: PersonName = Field(default_factory=PersonName)
-    birth_date: str = ""
+    """PID. A hashed name or address has each non-empty component hashed."""
+
+    identifiers: list[PatientIdentifier] | None = Field(
+        default_factory=list,
+        description="PID-3. Null if identifiers are dropped; SSN entries (type SS) are removed "
+        "when only `ssn` is dropped.",
+    )
+    name: PersonName | None = Field(default_factory=PersonName, description=_MASKABLE)
+    birth_date: str | None = Field("", description=_MASKABLE)
     sex: str = ""
-    address: Address = Field(default_factory=Address)
-    phone: str = ""
-    ssn: str = ""
+    address: Address | None = Field(default_factory=Address, description=_MASKABLE)
+    phone: str | None = Field("", description=_MASKABLE)
+    ssn: str | None = Field("", description=_MASKABLE)
 
 
 class Location(_Record):
@@ -65,13 +81,13 @@ class Location(_Record):
 class Visit(_Record):
     patient_class: str = ""
     location: Location = Field(default_factory=Location)
-    visit_number: str = ""
+    visit_number: str | None = Field("", description=_MASKABLE)
     admit_datetime: str | None = None
 
 
 class Order(_Record):
-    placer_order_number: str = ""
-    filler_order_number: str = ""
+    placer_order_number: str | None = Field("", description=_MASKABLE)
+    filler_order_number: str | None = Field("", description=_MASKABLE)
     service_code: str = ""
     service_text: str = ""
     observation_datetime: str | None = None
@@ -85,7 +101,10 @@ class Observation(_Record):
     text: str = ""
     coding_system: str = ""
     sub_id: str = ""
-    values: list[str] = Field(default_factory=list)
+    values: list[str] | None = Field(
+        default_factory=list,
+        description="OBX-5 repetitions. For free text (value type TX, FT, ST): " + _MASKABLE,
+    )
     units: str = ""
     reference_range: str = ""
     abnormal_flags: str = ""
@@ -93,8 +112,8 @@ class Observation(_Record):
     observed_at: str | None = None
 
 
-class NormalizedEvent(_Record):
-    """One HL7 message, normalized. Keyed by tenant id on `laneway.out.<tenant>`."""
+class _EventCore(_Record):
+    """What every event carries, thin or full: identifiers, type, times and the reference."""
 
     schema_version: Literal[1] = EVENT_SCHEMA_VERSION
     tenant: str
@@ -111,14 +130,30 @@ class NormalizedEvent(_Record):
     receiving_facility: str = ""
     message_datetime: str | None = Field(None, description="MSH-7 as ISO 8601")
     event_datetime: str | None = Field(None, description="EVN-2, else MSH-7, as ISO 8601")
+    idempotency_key: str = Field(description="Same on every redelivery: drop duplicates by it")
+    ref: str = Field(description="Opaque reference to the original in Kafka; see the fetch API")
+    source: IngressRef
+    received_at: str = Field(description="Ingress record timestamp, ISO 8601 UTC")
+
+
+class NormalizedEvent(_EventCore):
+    """One HL7 message, normalized. Keyed by tenant id on `laneway.out.<tenant>`."""
+
+    mode: Literal["full"] = "full"
     patient: Patient | None = None
     visit: Visit | None = None
     orders: list[Order] = Field(default_factory=list)
     observations: list[Observation] = Field(default_factory=list)
-    idempotency_key: str
-    ref: str = Field(description="Opaque reference to the original in Kafka; see the fetch API")
-    source: IngressRef
-    received_at: str = Field(description="Ingress record timestamp, ISO 8601 UTC")
+
+
+class ThinEvent(_EventCore):
+    """A tenant's event in thin mode: no PHI section; fetch the original by `ref` when needed."""
+
+    mode: Literal["thin"] = "thin"
+
+
+OutputEvent = Annotated[NormalizedEvent | ThinEvent, Field(discriminator="mode")]
+OUTPUT_EVENT = TypeAdapter(OutputEvent)
 
 
 class DlqRecord(_Record):
@@ -134,3 +169,20 @@ class DlqRecord(_Record):
     source: IngressRef
     received_at: str
     original_base64: str = Field(description="The rejected message's bytes, base64")
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """The published JSON Schemas (serialization mode: what consumers read) by file name."""
+    event = OUTPUT_EVENT.json_schema(mode="serialization")
+    event["title"] = "Laneway output event"
+    event["description"] = (
+        f"Schema version {EVENT_SCHEMA_VERSION}. A record on laneway.out.<tenant>: a full "
+        "NormalizedEvent or, for tenants in thin mode, a ThinEvent; `mode` tells them apart."
+    )
+    return {
+        "event-schema.json": {"$schema": _JSON_SCHEMA_DIALECT, **event},
+        "dlq-schema.json": {
+            "$schema": _JSON_SCHEMA_DIALECT,
+            **DlqRecord.model_json_schema(mode="serialization"),
+        },
+    }

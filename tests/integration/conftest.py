@@ -121,3 +121,47 @@ async def api(worker: WorkerProcess) -> AsyncIterator[Api]:
     """HTTP client for the session worker's web server."""
     async with Api(f"http://127.0.0.1:{worker.env['LANEWAY_WEB_PORT']}", ADMIN_TOKEN) as client:
         yield client
+
+
+async def _group_settles(bootstrap: str, group: str, members: int, timeout_s: float) -> bool:
+    """True once the consumer group is stable (no rebalance under way) with `members` members."""
+    client = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await client.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while asyncio.get_running_loop().time() < deadline:
+            [response] = await client.describe_consumer_groups([group])
+            [(_, _, state, _, _, found)] = response.groups
+            if state == "Stable" and len(found) == members:
+                return True
+            await asyncio.sleep(0.2)
+        return False
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def second_worker(
+    worker: WorkerProcess, worker_env: dict, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    """A second shared worker beside the session's: same app id and topic prefix, hence the same
+    consumer group, with its own web port, MLLP port and data dir. Yielded once the group has
+    settled with both; after the test it is stopped and the group settles back, so that later
+    tests do not run into a rebalance."""
+    base = tmp_path_factory.mktemp("second-worker")
+    env = {
+        **worker_env,
+        "LANEWAY_WEB_PORT": str(free_port()),
+        "LANEWAY_MLLP_PORT": str(free_port()),
+        "LANEWAY_DATA_DIR": str(base / "data"),
+    }
+    bootstrap, group = worker_env["LANEWAY_KAFKA_BOOTSTRAP"], worker_env["LANEWAY_APP_ID"]
+    process = WorkerProcess(env, base / "second-worker.log")
+    process.start()
+    try:
+        if not asyncio.run(_group_settles(bootstrap, group, 2, timeout_s=60)):
+            pytest.fail(f"the group did not settle with two workers:\n{process.log_tail()}")
+        yield process
+    finally:
+        process.stop()
+        asyncio.run(_group_settles(bootstrap, group, 1, timeout_s=60))

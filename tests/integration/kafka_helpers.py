@@ -134,11 +134,13 @@ async def consume_until(
         assigned: set[TopicPartition] = set()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not done(records):
-            available = set(await consumer.topics()) & set(wanted)
+            # The cluster-wide metadata: the consumer's own only covers topics it already has,
+            # so a topic created after the first assignment would never be picked up.
+            metadata = await consumer._client.fetch_all_metadata()
             partitions = {
                 TopicPartition(topic, partition)
-                for topic in available
-                for partition in consumer.partitions_for_topic(topic) or ()
+                for topic in set(metadata.topics()) & set(wanted)
+                for partition in metadata.partitions_for_topic(topic) or ()
             }
             if partitions - assigned:
                 # Keep the read position of partitions already assigned; new ones start at 0.

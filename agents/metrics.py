@@ -1,0 +1,153 @@
+"""Prometheus metrics at `GET /metrics`: Faust's own sensor plus Laneway's metrics.
+
+Faust's `setup_prometheus_sensors` serves the route; Laneway's `LanewayCollector` is one more
+collector in the same registry, read at scrape time (no work on the message path).
+
+Cardinality is bounded and there is no tenant label: `/metrics` answers without a token, as
+scrapers expect, so it must not name tenants (invariant 4). Per-tenant detail is behind the
+admin token in `/api/stats`. Labels are lanes (`shared` + the dedicated pool), windows, ACK codes,
+framing error kinds and flags: tens of series whatever the number of tenants.
+
+Two kinds of values (docs/metrics.md):
+- cluster-wide, from the mirrored tenant state and Kafka offsets: every worker reports the same,
+  so aggregate them with max(), not sum();
+- per process (`laneway_mllp_*`, Faust's, process_*): sum() across workers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from faust.sensors.prometheus import setup_prometheus_sensors
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    disable_created_metrics,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from agents.mllp_listener import MllpCounters
+from agents.stats_api import FLAGS, StatsBook, TenantStats
+from streams.app import LanewayApp
+
+WINDOWS = {"10s": "rate_10s", "1m": "rate_1m", "5m": "rate_5m"}
+
+
+class LanewayCollector(Collector):
+    """Laneway's metrics, computed from the stats book and the MLLP counters at scrape time."""
+
+    def __init__(self, book: StatsBook, mllp: MllpCounters, dedicated_lanes: int) -> None:
+        self._book = book
+        self._mllp = mllp
+        self._lanes = ["shared", *(str(lane) for lane in range(dedicated_lanes))]
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._tenant_metrics(self._book.rows(time.time()))
+        yield from self._mllp_metrics()
+
+    def _tenant_metrics(self, rows: list[TenantStats]) -> Iterator[Metric]:
+        offsets = self._book.probe.offsets
+        yield GaugeMetricFamily("laneway_tenants", "Onboarded tenants.", value=len(rows))
+        flagged = GaugeMetricFamily(
+            "laneway_tenants_flagged", "Tenants showing a flag (see /api/stats).", labels=["flag"]
+        )
+        for flag in FLAGS:
+            flagged.add_metric([flag], sum(1 for row in rows if flag in row.flags))
+        yield flagged
+        yield CounterMetricFamily(
+            "laneway_messages_received",
+            "Ingress records counted by the routers, all tenants.",
+            value=sum(row.received for row in rows),
+        )
+        if offsets.read_at:
+            for name, text, values in (
+                ("processed", "Records written to tenants' out and DLQ topics.", "processed"),
+                ("events", "Records written to tenants' out topics.", "events"),
+                ("dlq", "Records written to tenants' DLQ topics.", "dlq"),
+            ):
+                yield CounterMetricFamily(
+                    f"laneway_messages_{name}",
+                    text,
+                    value=sum(getattr(row, values) or 0 for row in rows),
+                )
+            yield CounterMetricFamily(
+                "laneway_lane_moves",
+                "Lane moves decided by the routers (records in the control topic).",
+                value=offsets.ends.get(self._book.app.topic_names.control, 0),
+            )
+            yield GaugeMetricFamily(
+                "laneway_stats_offsets_age_seconds",
+                "Age of the Kafka offsets behind counts and backlogs.",
+                value=max(time.time() - offsets.read_at, 0.0),
+            )
+        tenants = GaugeMetricFamily("laneway_lane_tenants", "Tenants per lane.", labels=["lane"])
+        rates = GaugeMetricFamily(
+            "laneway_lane_rate_messages_per_second",
+            "Messages per second into each lane, summed over its tenants.",
+            labels=["lane", "window"],
+        )
+        for lane in self._lanes:
+            members = [row for row in rows if _lane_label(row) == lane]
+            tenants.add_metric([lane], len(members))
+            for window, key in WINDOWS.items():
+                rates.add_metric([lane, window], sum(row.rates[key] for row in members))
+        yield tenants
+        yield rates
+        backlog = GaugeMetricFamily(
+            "laneway_lane_backlog_messages",
+            "Consumer lag per lane: shared = the shared group's ingress lag, N = the lane "
+            "worker group's lag on dedicated lane N.",
+            labels=["lane"],
+        )
+        if offsets.shared_backlog is not None:
+            backlog.add_metric(["shared"], offsets.shared_backlog)
+        for lane, lag in sorted(offsets.lane_backlog.items()):
+            backlog.add_metric([str(lane)], lag)
+        yield backlog
+
+    def _mllp_metrics(self) -> Iterator[Metric]:
+        mllp = self._mllp
+        yield GaugeMetricFamily(
+            "laneway_mllp_connections_open", "Open MLLP connections.", value=mllp.connections_open
+        )
+        for name, text, value in (
+            ("connections", "MLLP connections accepted.", mllp.connections_total),
+            ("frames", "MLLP frames received.", mllp.frames),
+            ("acks_withheld", "ACKs not sent because MSH-15 asked for none.", mllp.acks_withheld),
+            ("stalled_closed", "Connections closed for no progress.", mllp.stalled_closed),
+            ("connection_failures", "Connections closed by an error.", mllp.connection_failures),
+        ):
+            yield CounterMetricFamily(f"laneway_mllp_{name}", text, value=value)
+        acks = CounterMetricFamily(
+            "laneway_mllp_acks", "ACKs sent, by MSA-1 code.", labels=["code"]
+        )
+        for code, value in sorted(mllp.acks.items()):
+            acks.add_metric([code], value)
+        yield acks
+        framing = CounterMetricFamily(
+            "laneway_mllp_framing_errors", "MLLP framing errors, by kind.", labels=["kind"]
+        )
+        for kind, value in sorted(mllp.framing_errors.items()):
+            framing.add_metric([str(kind)], value)
+        yield framing
+
+
+def _lane_label(row: TenantStats) -> str:
+    return "shared" if row.lane is None else str(row.lane)
+
+
+def install(app: LanewayApp, book: StatsBook, mllp: MllpCounters) -> None:
+    """Serve `GET /metrics` from a registry of this app's own (several apps may share a process,
+    as in tests): Faust's sensor, Laneway's collector and the process collectors."""
+    # `*_created` timestamps double the series count and tell an operator nothing here. The
+    # switch is process-wide, which is the worker process.
+    disable_created_metrics()
+    registry = CollectorRegistry()
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        registry.register(collector)
+    registry.register(LanewayCollector(book, mllp, app.laneway.dedicated_lanes))
+    # A fixed prefix: metric names must not change with the app id.
+    setup_prometheus_sensors(app, pattern="/metrics", registry=registry, name_prefix="faust")
