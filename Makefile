@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv browser kafka-up kafka-down run worker test test-unit lint format bench bench-throughput bench-mllp bench-codec schema clean
+.PHONY: help venv browser kafka-up kafka-down run worker test test-unit lint format bench bench-throughput bench-mllp bench-isolation bench-dashboard bench-codec schema clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -55,13 +55,19 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 	@$(VENV)/bin/ruff check --fix .
 	@$(VENV)/bin/ruff format .
 
-bench: bench-codec bench-throughput bench-mllp ## Run every benchmark; JSON and PNG in bench/results/
+bench: bench-codec bench-throughput bench-mllp bench-isolation bench-dashboard ## Run every benchmark; JSON and PNG in bench/results/
 
 bench-throughput: kafka-up ## End-to-end pipeline vs raw aiokafka pass-through
 	@$(PY) -m bench.throughput
 
 bench-mllp: kafka-up ## MLLP ACK latency at 1,000 msg/s over 10 connections (acks=all)
 	@$(PY) -m bench.mllp
+
+bench-isolation: kafka-up ## 19 quiet tenants vs 1 noisy (50x burst), lanes vs naive, same run
+	@$(PY) -m bench.isolation
+
+bench-dashboard: kafka-up $(CHROMIUM) ## Dashboard first render with 1,000 tenants in headless Chromium
+	@$(PY) -m bench.dashboard
 
 bench-codec: $(STAMP) ## HL7 fast path vs hl7apy vs python-hl7, same process
 	@$(PY) -m bench.codec
