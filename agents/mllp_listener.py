@@ -115,6 +115,10 @@ class MllpListener(Service):
         peer = _peer_address(writer)
         try:
             await self._converse(reader, writer, peer)
+        except asyncio.CancelledError:
+            # Worker shutdown (on_stop). The task must end normally: Python 3.11's stream
+            # callback calls task.exception(), which raises (and logs) for a cancelled task.
+            pass
         except ConnectionError:
             pass  # the sender went away, possibly mid-frame: nothing left to answer
         except _Stalled as stall:
