@@ -51,6 +51,7 @@ import aiohttp
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -1098,8 +1099,8 @@ def main() -> None:
     args = parse_args()
     try:
         results = asyncio.run(bench(args))
-    except BenchError as error:
-        log(f"bench failed: {error}")
+    except (BenchError, KafkaError) as error:
+        log(f"bench failed: {error!r}")
         sys.exit(1)
     except KeyboardInterrupt:
         log("interrupted; worker processes stopped and bench topics deleted")
