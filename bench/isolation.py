@@ -99,6 +99,8 @@ HTTP_TIMEOUT_S = 60.0
 DRAIN_TIMEOUT_S = 180.0
 RSS_SETTLE_S = 5.0
 RSS_SAMPLES = 5
+# Command-line marks of other Laneway workers, benches and test runs sharing the host.
+COMPETITOR_MARKS = ("faust", " -m bench.", " -m pytest")
 
 # Acceptance (see the module docstring and ARCHITECTURE invariant 3).
 PROMOTION_BUDGET_S = 3.0
@@ -305,7 +307,7 @@ def _faust() -> str:
 
 
 def competing_processes() -> list[str]:
-    """Other Laneway workers and benches on this host: on 2 cores they skew every figure."""
+    """Other Laneway workers, benches and tests on this host: on 2 cores they skew every figure."""
     ours = {os.getpid(), os.getppid()}
     found = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
@@ -314,7 +316,7 @@ def competing_processes() -> list[str]:
             command = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:  # it exited meanwhile
             continue
-        if pid not in ours and ("faust" in command or " -m bench." in command):
+        if pid not in ours and any(mark in command for mark in COMPETITOR_MARKS):
             found.append(f"{pid} {command.strip()[:120]}")
     return found
 
