@@ -10,6 +10,7 @@ from agents import (
     dashboard,
     dlq_replay,
     fetch_api,
+    heap,
     http_ingest,
     metrics,
     processor,
@@ -50,6 +51,7 @@ def build_worker(settings: Settings | None = None, **faust_overrides: Any) -> La
     dlq_replay.install(app, writer, guard)
     http_ingest.install(app, ingest, guard)
     fetch_api.install(app, guard)
+    heap.freeze_after_start(app, registry.ready, state.ready, router.ready)
     return app
 
 
@@ -65,4 +67,5 @@ def build_lane_worker(settings: Settings | None = None, **faust_overrides: Any) 
     registry = TenantRegistry(app)
     app.service(registry)  # type: ignore[arg-type]
     processor.install_lanes(app, registry)
+    heap.freeze_after_start(app, registry.ready)
     return app
