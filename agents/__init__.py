@@ -27,7 +27,7 @@ from streams.settings import Settings
 
 
 def build_worker(settings: Settings | None = None, **faust_overrides: Any) -> LanewayApp:
-    """The shared worker: ingest, router + shared lane, admin API. Tests build it here too."""
+    """The shared worker: ingest, router, shared lane and web views. Tests build it here too."""
     app = create_app(settings, **faust_overrides)
     settings = app.laneway
     registry = TenantRegistry(app)
@@ -43,7 +43,9 @@ def build_worker(settings: Settings | None = None, **faust_overrides: Any) -> La
     # Registered after the services above, so it opens once they have started.
     mllp = MllpListener(app, registry, ingest)
     app.service(mllp)  # type: ignore[arg-type]
-    processor.install_shared(app, router)
+    processor.install(
+        app, registry, processor.shared_lane(app), "laneway.shared", on_dlq=router.count_dlq
+    )
     admin_api.install(app, registry, guard)
     stats = stats_api.install(app, registry, state, guard)
     dashboard.install(app)
@@ -61,11 +63,10 @@ def build_lane_worker(settings: Settings | None = None, **faust_overrides: Any) 
     lane_settings = settings.model_copy(
         update={"app_id": f"{settings.app_id}-lanes", "web_port": settings.lane_web_port}
     )
-    # Frequent commits: the router reads them to know when a lane has drained a tenant.
-    app = create_app(lane_settings, **{"broker_commit_interval": 0.5, **faust_overrides})
+    app = create_app(lane_settings, **faust_overrides)
     # Tenant configs for the per-tenant output options (thin, masks) of the lane's events.
     registry = TenantRegistry(app)
     app.service(registry)  # type: ignore[arg-type]
-    processor.install_lanes(app, registry)
+    processor.install(app, registry, processor.dedicated_lanes(app), "laneway.dedicated")
     heap.freeze_after_start(app, registry.ready)
     return app

@@ -22,7 +22,7 @@ _RETRY_MAX_DELAY_S = 5.0
 class OutputPublisher:
     """Delivers output records with acks=all; creates per-tenant topics on demand.
 
-    It owns an aiokafka producer and sends one record batch per topic, instead of one
+    It owns an aiokafka producer and sends one record batch per topic partition, instead of one
     Faust `send()` per record: per-record producer overhead was ~15 % of the worker's CPU.
     Each per-tenant topic has one partition, so a batch keeps the tenant's order.
     """
@@ -34,12 +34,16 @@ class OutputPublisher:
         self._start_lock = asyncio.Lock()
         app.on_before_shutdown.connect(self._on_shutdown)
 
-    async def publish(self, outputs: list[OutputRecord]) -> dict[str, int]:
+    def declared(self, *topics: str) -> None:
+        """Topics someone else created (with their own partition count): never declare them."""
+        self._known_topics.update(topics)
+
+    async def publish(self, outputs: list[OutputRecord]) -> dict[tuple[str, int], int]:
         """Deliver every output, retrying until Kafka acknowledges all of them.
 
         The batch's ingress offsets are acked when this returns, so giving up would lose
         messages. A retry may duplicate outputs; duplicates carry the same idempotency key.
-        Returns the offset of the last record written to each topic.
+        Returns the offset of the last record written to each (topic, partition).
         """
         delay = _RETRY_FIRST_DELAY_S
         while True:
@@ -55,14 +59,14 @@ class OutputPublisher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX_DELAY_S)
 
-    async def _send_all(self, outputs: Iterable[OutputRecord]) -> dict[str, int]:
+    async def _send_all(self, outputs: Iterable[OutputRecord]) -> dict[tuple[str, int], int]:
         producer = await self._started_producer()
-        by_topic: dict[str, list[OutputRecord]] = defaultdict(list)
+        by_partition: dict[tuple[str, int], list[OutputRecord]] = defaultdict(list)
         for output in outputs:
-            by_topic[output.topic].append(output)
+            by_partition[output.topic, output.partition].append(output)
         pending = []
-        last_batch_of: dict[str, tuple[int, int]] = {}
-        for topic, records in by_topic.items():
+        last_batch_of: dict[tuple[str, int], tuple[int, int]] = {}
+        for (topic, partition), records in by_partition.items():
             if topic not in self._known_topics:
                 await self._declare(topic)
             batch = producer.create_batch()
@@ -75,15 +79,15 @@ class OutputPublisher:
                     )
                     is None
                 ):
-                    pending.append(await producer.send_batch(batch, topic, partition=0))
+                    pending.append(await producer.send_batch(batch, topic, partition=partition))
                     batch = producer.create_batch()
-            pending.append(await producer.send_batch(batch, topic, partition=0))
-            last_batch_of[topic] = (len(pending) - 1, batch.record_count())
+            pending.append(await producer.send_batch(batch, topic, partition=partition))
+            last_batch_of[topic, partition] = (len(pending) - 1, batch.record_count())
         delivered = await asyncio.gather(*pending)
         # A batch's metadata carries its base offset; its last record is `count - 1` further.
         return {
-            topic: delivered[index].offset + count - 1
-            for topic, (index, count) in last_batch_of.items()
+            destination: delivered[index].offset + count - 1
+            for destination, (index, count) in last_batch_of.items()
         }
 
     async def _started_producer(self) -> AIOKafkaProducer:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -70,10 +71,21 @@ def rss_bytes(pid: int) -> int:
     raise BenchError(f"no VmRSS for process {pid}")
 
 
+# Below Linux's ephemeral range (32768-60999): a port picked there can be taken as the source
+# port of some outgoing connection before (or while) the worker binds it, e.g. on a restart.
+_LISTEN_PORTS = range(20000, 32000)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on now, outside the range the kernel hands to client sockets."""
+    for port in random.sample(_LISTEN_PORTS, 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise BenchError("no free port found between 20000 and 32000")
 
 
 class ConsumerProcess:

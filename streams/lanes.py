@@ -228,6 +228,10 @@ class LaneBook:
         assignment.moved_at = moved_at
         self._keep(assignment)
 
+    def forget(self, tenant: str) -> None:
+        """Drop a tenant's assignment (another router owns it now)."""
+        self._assignments.pop(tenant, None)
+
     def placed(self) -> list[str]:
         """Tenants in a dedicated lane or pinned: `decide` must see them even without traffic."""
         return list(self._assignments)

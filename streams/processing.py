@@ -23,8 +23,8 @@ from streams.topics import TopicNames, is_valid_tenant_id
 HEADER_TENANT = "laneway-tenant"
 HEADER_IDEMPOTENCY_KEY = "laneway-idempotency-key"
 HEADER_SCHEMA_VERSION = "laneway-schema-version"
-# On a dedicated-lane record: where the original sits in ingress, so events keep their `ref`
-# and idempotency key whichever lane processed them.
+# On a lane record: where the original sits in ingress, so events keep their `ref` and
+# idempotency key whichever lane processed them.
 HEADER_SOURCE = "laneway-source"
 _SCHEMA_VERSION_BYTES = str(EVENT_SCHEMA_VERSION).encode()
 
@@ -35,6 +35,7 @@ class OutputRecord(NamedTuple):
     value: bytes
     headers: list[tuple[str, bytes]]
     is_dlq: bool
+    partition: int = 0  # per-tenant topics have one; lane records keep their ingress partition
 
 
 class IngressRef(NamedTuple):
@@ -66,8 +67,8 @@ class IngressRecord(NamedTuple):
     timestamp_ms: int
 
 
-def forward_to_lane(record: IngressRecord, lane_topic: str) -> OutputRecord:
-    """The ingress record as it is handed to a dedicated lane: same key and bytes, plus origin."""
+def forward_to_lane(record: IngressRecord, lane_topic: str, partition: int = 0) -> OutputRecord:
+    """The ingress record as it is handed to a lane: same key and bytes, plus its origin."""
     origin = f"{record.topic}|{record.partition}|{record.offset}|{record.timestamp_ms}"
     return OutputRecord(
         topic=lane_topic,
@@ -75,13 +76,14 @@ def forward_to_lane(record: IngressRecord, lane_topic: str) -> OutputRecord:
         value=record.value or b"",
         headers=[(HEADER_SOURCE, origin.encode())],
         is_dlq=False,
+        partition=partition,
     )
 
 
 def lane_record_origin(
     key: bytes | None, value: bytes | None, headers: Iterable[tuple[str, bytes]]
 ) -> IngressRecord | None:
-    """The ingress record a dedicated-lane record was forwarded from; None without the header."""
+    """The ingress record a lane record was forwarded from; None without the header."""
     for name, raw in headers:
         if name == HEADER_SOURCE:
             topic, partition, offset, timestamp_ms = raw.decode().rsplit("|", 3)

@@ -47,6 +47,11 @@ class TopicNames:
         """Append-only log of lane moves: who moved where, when and why."""
         return f"{self.prefix}control"
 
+    @property
+    def shared_lane(self) -> str:
+        """The lane of every tenant that is not in a dedicated one; partitioned like ingress."""
+        return f"{self.prefix}lane.shared"
+
     def dedicated_lane(self, lane: int) -> str:
         return f"{self.prefix}lane.dedicated.{lane}"
 

@@ -305,6 +305,10 @@ class VolumeBook:
         if tenant not in self._volumes:
             self._volumes[tenant] = TenantVolume.from_state(state, now)
 
+    def forget(self, tenant: str) -> None:
+        """Stop measuring a tenant (another router owns it now)."""
+        self._volumes.pop(tenant, None)
+
     def drop_idle(self, now: float) -> list[str]:
         """Forget the tenants whose windows are all empty; returns their ids."""
         idle = [tenant for tenant, volume in self._volumes.items() if volume.is_idle(now)]

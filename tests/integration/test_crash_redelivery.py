@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaProducer
 from streams.hl7.synthetic import SyntheticFeed
 from streams.processing import guess_control_id
 from streams.topics import TopicNames
-from tests.integration.kafka_helpers import WorkerProcess, consume_until
+from tests.integration.kafka_helpers import WorkerProcess, consume_until, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -30,6 +30,9 @@ async def test_worker_killed_mid_stream_loses_nothing(
         "LANEWAY_TOPIC_PREFIX": worker_env["LANEWAY_TOPIC_PREFIX"] + "crash.",
         # One process under test: no lane worker, so this burst must not be promoted.
         "LANEWAY_LANES_ENABLED": "false",
+        # Ports of its own: the session's worker may be running beside it.
+        "LANEWAY_WEB_PORT": str(free_port()),
+        "LANEWAY_MLLP_PORT": str(free_port()),
     }
     topics = TopicNames(env["LANEWAY_TOPIC_PREFIX"])
     worker = WorkerProcess(env, tmp_path / "worker.log")

@@ -399,7 +399,7 @@ async def test_no_message_content_reaches_state_logs_topics_or_views(
 
     # Every topic that is not a message carrier by design.
     carriers = re.compile(
-        re.escape(topics.prefix) + r"(ingress|lane\.dedicated\.\d+|out\..+|dlq\..+)"
+        re.escape(topics.prefix) + r"(ingress|lane\.shared|lane\.dedicated\.\d+|out\..+|dlq\..+)"
     )
     candidates = [topic for topic in ours if not carriers.fullmatch(topic)]
     assert {topics.tenants, topics.tenant_state, topics.control} <= set(candidates)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agents import build_worker
+from agents import build_lane_worker, build_worker
+from streams.app import FETCH_MAX_WAIT_MS
 from streams.settings import Settings
 
 
@@ -23,6 +24,19 @@ def test_worker_uses_rocksdb_raw_keys_and_hides_faust_data_views(tmp_path: Path)
     assert app.conf.key_serializer == "raw"
     assert app.conf.producer_acks == -1
     assert app.conf.consumer_auto_offset_reset == "earliest"
+
+
+async def test_consumers_keep_fetch_long_polls_short(tmp_path: Path) -> None:
+    """Faust's hard-coded 1,500 ms long-poll left the shared lane a steady ~1.5 s behind after
+    any backlog (streams.app); every worker's Kafka consumer must use the short one."""
+    for app in (
+        build_worker(make_settings(data_dir=tmp_path, web_port=6124)),
+        build_lane_worker(make_settings(data_dir=tmp_path, lane_web_port=6125)),
+    ):
+        thread = app.consumer._new_consumer_thread()  # type: ignore[attr-defined]
+        kafka_consumer = thread._create_worker_consumer(app.transport)
+        assert kafka_consumer._fetch_max_wait_ms == FETCH_MAX_WAIT_MS <= 100
+        await kafka_consumer.stop()
 
 
 def test_each_worker_gets_its_own_data_dir(tmp_path: Path) -> None:
