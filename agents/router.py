@@ -25,6 +25,8 @@ each lane is a Faust agent (`agents.processor`), the same code for every lane.
   messages. Then the move is applied and the held records go, in order, to the new lane. Other
   tenants are never held. Ingress offsets are committed only up to the first held record, after
   Kafka acknowledged the forwards: a crash re-forwards (same idempotency keys), never loses.
+- A paused tenant's records are held the same way: they wait in Kafka (uncommitted) and in
+  order, while ingest refuses the tenant anything new (AR / 503), until it is resumed.
 """
 
 from __future__ import annotations
@@ -244,10 +246,14 @@ class Router(Service):
             sent_at = min(record.timestamp_ms / 1000, now)
             self.volumes.record(tenant, sent_at, len(record.value or b""))
             self._active.add(tenant)
-            if tenant in self._cutting or tenant in self._held:
+            if tenant in self._cutting or tenant in self._held or self._paused(tenant):
                 self._held.setdefault(tenant, []).append(record)
                 return None
         return self._forward_record(tenant, record)
+
+    def _paused(self, tenant: str) -> bool:
+        config = self.registry.directory.get(tenant)
+        return config is not None and config.paused
 
     def _forward_record(self, tenant: str | None, record: IngressRecord) -> OutputRecord:
         lane = self.lanes.lane_of(tenant) if tenant is not None and self.enabled else None
@@ -292,9 +298,14 @@ class Router(Service):
 
     @Service.timer(RELEASE_EVERY_S)
     async def _release_held(self) -> None:
-        """Forward the records held during a cut, once the old lane has drained the tenant."""
+        """Forward the records held during a cut once the old lane has drained the tenant, and
+        those of a paused tenant once it is resumed."""
         async with self._forwarding:
-            released = [tenant for tenant in self._held if tenant not in self._cutting]
+            released = [
+                tenant
+                for tenant in self._held
+                if tenant not in self._cutting and not self._paused(tenant)
+            ]
             forwards = [
                 self._forward_record(tenant, record)
                 for tenant in released

@@ -2,8 +2,8 @@
 
 Runs against the real broker and the real process topology. Every system gets its own app id,
 topic prefix, ports and data dir, and runs the shared worker (`agents.worker`) plus the
-dedicated-lane worker (`agents.lane_worker`, started under `nice`, so that the OS favours the
-shared lane when both want the CPU).
+dedicated-lane worker (`agents.lane_worker`, which lowers its own CPU priority to
+LANEWAY_LANE_NICE, so that the OS favours the shared lane when both want the CPU).
 
 1. Calibration: preload --calibration-messages of 20 tenants into a calibration ingress and drain
    them with one shared worker, lanes off. Capacity C = the drain rate of its middle 80 %.
@@ -297,8 +297,8 @@ class Run:
     def lane_worker(self, name: str, env: dict[str, str], nice: int) -> ConsumerProcess:
         return ConsumerProcess(
             f"{name} lane worker",
-            ["nice", "-n", str(nice), _faust(), "-A", "agents.lane_worker", "worker", "-l", "info"],
-            env,
+            [_faust(), "-A", "agents.lane_worker", "worker", "-l", "info"],
+            {**env, "LANEWAY_LANE_NICE": str(nice)},
             self.dir / f"{name}-lanes.log",
         )
 
@@ -1032,8 +1032,8 @@ def report(
             f"(at most {DRAIN_TIMEOUT_S:.0f} s; 'drained' says whether it sufficed); "
             "duplicates and order are judged by idempotency key and ingress offset.",
             f"LANEWAY_HOLD_DOWN_S is {settings.hold_down_s:g} s for the bench (default 120 s); "
-            "the lane worker runs under nice -n "
-            f"{args.lane_nice}. The naive system has LANEWAY_LANES_ENABLED=false.",
+            f"the lane worker runs with LANEWAY_LANE_NICE={args.lane_nice} (process and "
+            "autogroup). The naive system has LANEWAY_LANES_ENABLED=false.",
             "bytes_per_idle_tenant = (VmRSS with N tenant configs - VmRSS with none) / N, two "
             "fresh shared workers, tenant records written straight to the tenants topic.",
         ],
@@ -1095,7 +1095,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--calibration-messages", type=int, default=20_000)
     parser.add_argument("--idle-tenants", type=int, default=10_000)
-    parser.add_argument("--lane-nice", type=int, default=10, help="nice value of the lane worker")
+    parser.add_argument("--lane-nice", type=int, default=10, help="its LANEWAY_LANE_NICE")
     parser.add_argument("--bootstrap", default=default_bootstrap())
     args = parser.parse_args()
     if args.steady_seconds <= 0 or args.burst_seconds <= ONSET_S or args.hold_down_seconds < 0:

@@ -50,8 +50,9 @@ echo "==> starting the shared worker and the dedicated-lane worker"
 $FAUST -A agents.worker worker -l info >"$LOG_DIR/worker.log" 2>&1 &
 PIDS+=($!)
 wait_ready "shared worker" "${PIDS[0]}" "$LOG_DIR/worker.log"
-# The lane worker runs at lower OS priority: a flooding tenant must not starve the shared lane.
-nice -n 10 $FAUST -A agents.lane_worker worker -l info >"$LOG_DIR/lane-worker.log" 2>&1 &
+# The lane worker lowers its own OS priority (LANEWAY_LANE_NICE): a flooding tenant must not
+# starve the shared lane.
+$FAUST -A agents.lane_worker worker -l info >"$LOG_DIR/lane-worker.log" 2>&1 &
 PIDS+=($!)
 wait_ready "lane worker" "${PIDS[1]}" "$LOG_DIR/lane-worker.log"
 

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     )
     dedicated_lanes: int = Field(default=4, ge=1, description="Size of the dedicated-lane pool.")
     lane_web_port: int = Field(default=6067, description="Web port of the lane worker process.")
+    lane_nice: int = Field(
+        default=10, ge=0, le=19, description="CPU nice value the lane worker gives itself."
+    )
     promote_factor: float = Field(
         default=4.0, gt=1, description="Promote when the recent rate exceeds this x contract."
     )
