@@ -48,7 +48,7 @@ from mode import Service
 from agents.publisher import OutputPublisher
 from agents.registry import TenantRegistry
 from agents.tenant_state import TenantStateMirror
-from streams.app import FETCH_MAX_WAIT_MS, LanewayApp
+from streams.app import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES, LanewayApp
 from streams.lanes import LaneBook, LaneMove, LanePolicy, decide
 from streams.processing import IngressRecord, OutputRecord, forward_to_lane, tenant_of_key
 from streams.volume import VolumeBook
@@ -132,6 +132,7 @@ class Router(Service):
             auto_offset_reset="earliest",  # a new deployment reads all retained ingress
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+            fetch_min_bytes=FETCH_MIN_BYTES,
         )
         await self._consumer.start()
         await self.tenant_states.ready.wait()

@@ -1093,7 +1093,7 @@ def parse_args() -> argparse.Namespace:
         default=20.0,
         help="LANEWAY_HOLD_DOWN_S of the bench's workers (the default of 120 s is too long here)",
     )
-    parser.add_argument("--calibration-messages", type=int, default=20_000)
+    parser.add_argument("--calibration-messages", type=int, default=60_000)
     parser.add_argument("--idle-tenants", type=int, default=10_000)
     parser.add_argument("--lane-nice", type=int, default=10, help="its LANEWAY_LANE_NICE")
     parser.add_argument("--bootstrap", default=default_bootstrap())

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from agents import build_lane_worker, build_worker
-from streams.app import FETCH_MAX_WAIT_MS
+from streams.app import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES
 from streams.settings import Settings
 
 
@@ -26,9 +26,10 @@ def test_worker_uses_rocksdb_raw_keys_and_hides_faust_data_views(tmp_path: Path)
     assert app.conf.consumer_auto_offset_reset == "earliest"
 
 
-async def test_consumers_keep_fetch_long_polls_short(tmp_path: Path) -> None:
+async def test_consumers_fetch_in_short_bounded_waits(tmp_path: Path) -> None:
     """Faust's hard-coded 1,500 ms long-poll left the shared lane a steady ~1.5 s behind after
-    any backlog (streams.app); every worker's Kafka consumer must use the short one."""
+    any backlog, and 1-byte fetches cost a third of the CPU (streams.app): every worker's
+    Kafka consumer must use Laneway's fetch settings."""
     for app in (
         build_worker(make_settings(data_dir=tmp_path, web_port=6124)),
         build_lane_worker(make_settings(data_dir=tmp_path, lane_web_port=6125)),
@@ -36,6 +37,7 @@ async def test_consumers_keep_fetch_long_polls_short(tmp_path: Path) -> None:
         thread = app.consumer._new_consumer_thread()  # type: ignore[attr-defined]
         kafka_consumer = thread._create_worker_consumer(app.transport)
         assert kafka_consumer._fetch_max_wait_ms == FETCH_MAX_WAIT_MS <= 100
+        assert kafka_consumer._fetch_min_bytes == FETCH_MIN_BYTES > 1
         await kafka_consumer.stop()
 
 
