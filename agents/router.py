@@ -59,6 +59,10 @@ RECENT_MOVES_KEPT = 10
 COMMIT_EVERY_S = 0.5
 RELEASE_EVERY_S = 0.1
 FETCH_TIMEOUT_MS = 100
+# Records per pass: one produce request per pass, and fewer, larger requests cost less CPU
+# (measured in `make bench-isolation`: 100 records per pass raised the quiet tenants' burst p99
+# from ~105 to 144 ms).
+READ_BATCH_MAX = 1000
 
 
 class Router(Service):
@@ -157,7 +161,6 @@ class Router(Service):
         await self.ready.wait()
         await self.registry.ready.wait()
         assert self._consumer is not None
-        batch_max = self.app.laneway.batch_max
         while not self.should_stop:
             if self._wanted is not None:
                 await self._take_partitions(self._wanted)
@@ -165,7 +168,7 @@ class Router(Service):
                 await asyncio.sleep(FETCH_TIMEOUT_MS / 1000)
                 continue
             batches = await self._consumer.getmany(
-                timeout_ms=FETCH_TIMEOUT_MS, max_records=batch_max
+                timeout_ms=FETCH_TIMEOUT_MS, max_records=READ_BATCH_MAX
             )
             async with self._forwarding:
                 now = time.time()
