@@ -68,7 +68,8 @@ NOTES = {
     "rates": "messages (or bytes) per window from the router's rolling windows",
     "backlog": "scope dedicated_lane: consumer lag (end offset - committed offset) of the lane "
     "worker group on the tenant's dedicated lane, shared with any other tenant in that lane; "
-    "scope shared_lane: total ingress lag of the shared worker group, all tenants together. "
+    "scope shared_lane: ingress not yet routed plus laneway.lane.shared not yet processed, all "
+    "tenants together. "
     "Committed offsets advance every few seconds, so a backlog of a few seconds' traffic is normal",
     "flags": f"noisy: 10-s rate above the contract rate_per_s, or in a dedicated lane by the "
     f"router's choice; paused: ingest paused by an operator; silent: no message for "
@@ -87,7 +88,7 @@ class Offsets:
     read_at: float = 0.0
     ends: Mapping[str, int] = field(default_factory=dict)  # one-partition topic -> end offset
     lane_backlog: Mapping[int, int] = field(default_factory=dict)  # dedicated lane -> lag
-    shared_backlog: int | None = None  # ingress lag of the shared worker group
+    shared_backlog: int | None = None  # ingress not yet routed + shared lane not yet processed
 
 
 class KafkaProbe(Service):
@@ -148,31 +149,44 @@ class KafkaProbe(Service):
             self._topics = set(await self._consumer.topics())
             self._topics_read_at = now
         partitions = [TopicPartition(topic, 0) for topic in single if topic in self._topics]
-        if names.ingress in self._topics:
-            ingress = [TopicPartition(names.ingress, p) for p in range(settings.ingress_partitions)]
-        else:
-            ingress = []
-        wanted = partitions + ingress
+        # The shared lane's backlog: ingress the routers have not forwarded yet, plus
+        # laneway.lane.shared the shared workers have not processed yet.
+        ingress, shared_lane = (
+            [TopicPartition(topic, p) for p in range(settings.ingress_partitions)]
+            if topic in self._topics
+            else []
+            for topic in (names.ingress, names.shared_lane)
+        )
+        wanted = partitions + ingress + shared_lane
         ends = {}
         if wanted:
             # aiokafka looks up the leaders of unknown topics one topic per metadata round
             # (2,000 tenant topics: minutes); naming them all first takes one round, none after.
             await self._consumer._client.set_topics({tp.topic for tp in wanted})
             ends = await self._consumer.end_offsets(wanted)
-        shared_commits, lane_commits = await asyncio.gather(
+        router_commits, shared_commits, lane_commits = await asyncio.gather(
+            self._admin.list_consumer_group_offsets(f"{settings.app_id}-router"),
             self._admin.list_consumer_group_offsets(self.app.conf.id),
             self._admin.list_consumer_group_offsets(f"{settings.app_id}-lanes"),
         )
         previous = self.offsets
         offsets = Offsets(
             read_at=now,
-            ends={tp.topic: end for tp, end in ends.items() if tp.topic != names.ingress},
+            ends={
+                tp.topic: end
+                for tp, end in ends.items()
+                if tp.topic not in (names.ingress, names.shared_lane)
+            },
             lane_backlog={
                 lane: _lag(ends, lane_commits, [TopicPartition(topic, 0)])
                 for lane, topic in lanes.items()
                 if topic in self._topics
             },
-            shared_backlog=_lag(ends, shared_commits, ingress) if ingress else None,
+            shared_backlog=(
+                _lag(ends, router_commits, ingress) + _lag(ends, shared_commits, shared_lane)
+                if ingress
+                else None
+            ),
         )
         self.offsets = offsets
         self._note_dlq_growth(records, names, previous, offsets, now)

@@ -174,6 +174,15 @@ async def test_counts_rates_and_flags_follow_real_traffic(
     assert stats["backlog"]["scope"] == "shared_lane"
     assert isinstance(stats["backlog"]["messages"], int)
     assert "backlog" in stats["notes"]
+
+    async def drained() -> int | None:
+        answer = await get(api.base_url, f"/api/tenants/{steady['id']}/stats", steady["token"])
+        backlog = answer.json()["backlog"]["messages"]
+        return backlog if backlog == 0 else None
+
+    # Everything sent is processed: nothing is left to route or process (earlier tests' traffic
+    # drains too), rather than the session's whole ingress.
+    assert await poll(drained, COUNT_DEADLINE_S) is not None, seen[-1]["backlog"]
     quiet_stats = (
         await get(api.base_url, f"/api/tenants/{quiet['id']}/stats", quiet["token"])
     ).json()
