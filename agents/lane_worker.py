@@ -4,7 +4,9 @@ It lowers its own CPU priority (`LANEWAY_LANE_NICE`) on import: see `agents.prio
 """
 
 from agents import build_lane_worker
+from agents.event_loop import use_uvloop_by_default
 from agents.priority import lower_priority
 
+use_uvloop_by_default()
 app = build_lane_worker()
 lower_priority(app.laneway.lane_nice)
