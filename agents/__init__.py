@@ -61,7 +61,7 @@ def build_lane_worker(settings: Settings | None = None, **faust_overrides: Any) 
     """The lane worker: a separate process (own consumer group) for the dedicated lanes."""
     settings = settings or Settings()
     lane_settings = settings.model_copy(
-        update={"app_id": f"{settings.app_id}-lanes", "web_port": settings.lane_web_port}
+        update={"app_id": settings.lane_worker_app_id, "web_port": settings.lane_web_port}
     )
     app = create_app(lane_settings, **faust_overrides)
     # Tenant configs for the per-tenant output options (thin, masks) of the lane's events.

@@ -92,7 +92,6 @@ class Router(Service):
         self.volumes = VolumeBook()
         self.lanes = LaneBook(settings.dedicated_lanes)
         self.moves: dict[str, deque[dict[str, Any]]] = {}
-        self.move_count = 0
         self.publisher = OutputPublisher(app)
         self._partitioner = DefaultPartitioner()
         self._tenant_names: dict[bytes, str | None] = {}
@@ -131,7 +130,7 @@ class Router(Service):
         await self._admin.start()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers,
-            group_id=f"{settings.app_id}-router",  # offsets only: partitions follow Faust's
+            group_id=settings.router_group,  # offsets only: partitions follow Faust's
             enable_auto_commit=False,
             auto_offset_reset="earliest",  # a new deployment reads all retained ingress
             max_partition_fetch_bytes=4 * 1024 * 1024,
@@ -379,7 +378,6 @@ class Router(Service):
 
     async def _apply(self, tenant: str, move: LaneMove) -> None:
         self.lanes.apply(move)
-        self.move_count += 1
         entry = {
             "tenant": tenant,
             "from": move.from_lane,
@@ -406,10 +404,11 @@ class Router(Service):
         """(lane topic, partition) -> the committed offset (the next record its worker reads)
         of the consumer group that processes that lane."""
         assert self._admin is not None
-        app_id = self.app.laneway.app_id
+        settings = self.app.laneway
         by_group: dict[str, set[TopicPartition]] = {}
         for topic, partition, _ in destinations:
-            group = app_id if topic == self.topics.shared_lane else f"{app_id}-lanes"
+            shared = topic == self.topics.shared_lane
+            group = settings.app_id if shared else settings.lane_worker_app_id
             by_group.setdefault(group, set()).add(TopicPartition(topic, partition))
         committed: dict[tuple[str, int], int] = {}
         for group, partitions in by_group.items():

@@ -165,9 +165,9 @@ class KafkaProbe(Service):
             await self._consumer._client.set_topics({tp.topic for tp in wanted})
             ends = await self._consumer.end_offsets(wanted)
         router_commits, shared_commits, lane_commits = await asyncio.gather(
-            self._admin.list_consumer_group_offsets(f"{settings.app_id}-router"),
+            self._admin.list_consumer_group_offsets(settings.router_group),
             self._admin.list_consumer_group_offsets(self.app.conf.id),
-            self._admin.list_consumer_group_offsets(f"{settings.app_id}-lanes"),
+            self._admin.list_consumer_group_offsets(settings.lane_worker_app_id),
         )
         previous = self.offsets
         offsets = Offsets(

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import os
 import random
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
@@ -31,6 +35,35 @@ SourceId = tuple[int, int]
 
 class BenchError(RuntimeError):
     """The benchmark cannot go on; the message says why."""
+
+
+def log(line: str) -> None:
+    """Progress goes to stderr; stdout carries the one-line summary."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def run_bench(
+    bench: Callable[[argparse.Namespace], Coroutine[Any, Any, dict[str, Any]]],
+    args: argparse.Namespace,
+    name: str,
+    summary: Callable[[dict[str, Any]], str],
+    failures: tuple[type[BaseException], ...] = (BenchError,),
+) -> None:
+    """Run one benchmark, write bench/results/<name>.json and print its summary line.
+
+    A failure exits 1 and an interrupt 130; the benchmarks clean up their processes and topics
+    on the way out either way.
+    """
+    try:
+        results = asyncio.run(bench(args))
+    except failures as error:
+        log(f"bench failed: {error!r}")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        log("interrupted; bench processes stopped and bench topics deleted")
+        sys.exit(130)
+    (RESULTS_DIR / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(summary(results))
 
 
 def default_bootstrap() -> str:

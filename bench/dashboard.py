@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import secrets
 import shutil
@@ -50,6 +49,8 @@ from bench.common import (
     create_topics,
     default_bootstrap,
     free_port,
+    log,
+    run_bench,
 )
 from streams.auth import hash_token, new_token
 from streams.hl7.synthetic import SyntheticFeed
@@ -383,10 +384,6 @@ def git_commit() -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
-def log(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tenants", type=int, default=1000)
@@ -404,23 +401,17 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def main() -> None:
-    args = parse_args()
-    try:
-        results = asyncio.run(bench(args))
-    except BenchError as error:
-        log(f"bench failed: {error}")
-        sys.exit(1)
-    except KeyboardInterrupt:
-        log("interrupted; the worker is stopped and the bench topics deleted")
-        sys.exit(130)
-    (RESULTS_DIR / "dashboard.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(
+def _summary(results: dict[str, Any]) -> str:
+    return (
         f"{results['tenants']:,} tenants: first full render p50 "
         f"{results['first_render_p50_ms']:.0f} ms, max {results['first_render_max_ms']:.0f} ms "
         f"over {results['runs']} runs; /api/stats {results['api_stats_p50_ms']:.0f} ms, "
         f"{results['api_stats_bytes']:,} bytes"
     )
+
+
+def main() -> None:
+    run_bench(bench, parse_args(), "dashboard", _summary)
 
 
 if __name__ == "__main__":

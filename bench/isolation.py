@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import math
 import os
 import random
@@ -63,9 +62,11 @@ from bench.common import (
     create_topics,
     default_bootstrap,
     free_port,
+    log,
     rss_bytes,
+    run_bench,
 )
-from bench.throughput import Kafka, clean_up, git_commit, kafka_version, log
+from bench.throughput import Kafka, clean_up, git_commit, kafka_version
 from streams.auth import hash_token, new_token
 from streams.hl7.synthetic import ADT_TRIGGERS, VERSIONS, adt, oru
 from streams.processing import HEADER_IDEMPOTENCY_KEY
@@ -1105,19 +1106,9 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def main() -> None:
-    args = parse_args()
-    try:
-        results = asyncio.run(bench(args))
-    except (BenchError, KafkaError) as error:
-        log(f"bench failed: {error!r}")
-        sys.exit(1)
-    except KeyboardInterrupt:
-        log("interrupted; worker processes stopped and bench topics deleted")
-        sys.exit(130)
-    (RESULTS_DIR / "isolation.json").write_text(json.dumps(results, indent=2) + "\n")
+def _summary(results: dict[str, Any]) -> str:
     passed = sum(results["acceptance"].values())
-    print(
+    return (
         f"isolation: C {results['capacity_msgs_per_s']:,.0f} msg/s; quiet p99 steady "
         f"{results['quiet_p99_steady_ms']} / burst {results['quiet_p99_burst_ms']} ms (naive "
         f"{results['naive_quiet_p99_burst_ms']} ms); promotion {results['promotion_s']} s, "
@@ -1127,6 +1118,10 @@ def main() -> None:
         f"{passed}/{len(results['acceptance'])} acceptance points in "
         f"{results['wall_time_s']:.0f}s -> bench/results/isolation.json, isolation.png"
     )
+
+
+def main() -> None:
+    run_bench(bench, parse_args(), "isolation", _summary, failures=(BenchError, KafkaError))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import secrets
@@ -44,8 +43,10 @@ from bench.common import (
     ConsumerProcess,
     default_bootstrap,
     free_port,
+    log,
+    run_bench,
 )
-from bench.throughput import Kafka, clean_up, git_commit, kafka_version, log
+from bench.throughput import Kafka, clean_up, git_commit, kafka_version
 from streams.hl7.synthetic import ADT_TRIGGERS, VERSIONS, adt, oru
 from streams.mllp import Frame, MllpDecoder, frame
 
@@ -370,24 +371,18 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def main() -> None:
-    args = parse_args()
-    try:
-        results = asyncio.run(bench(args))
-    except BenchError as error:
-        log(f"bench failed: {error}")
-        sys.exit(1)
-    except KeyboardInterrupt:
-        log("interrupted; worker stopped and bench topics deleted")
-        sys.exit(130)
-    (RESULTS_DIR / "mllp.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(
+def _summary(results: dict[str, Any]) -> str:
+    return (
         f"MLLP {results['connections']} connections at {results['rate']:,.0f} msg/s: "
         f"{results['msgs_per_s']:,.0f} msg/s acknowledged, ACK p50/p99/max "
         f"{results['ack_p50_ms']:.1f}/{results['ack_p99_ms']:.1f}/{results['ack_max_ms']:.1f} ms, "
         f"{results['non_aa']} not AA, {results['messages']:,} messages "
         f"-> bench/results/mllp.json, mllp.png"
     )
+
+
+def main() -> None:
+    run_bench(bench, parse_args(), "mllp", _summary)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import re
@@ -48,6 +47,8 @@ from bench.common import (
     decode_source,
     default_bootstrap,
     free_port,
+    log,
+    run_bench,
 )
 from streams.hl7.synthetic import ADT_TRIGGERS, VERSIONS, adt, oru
 from streams.topics import TopicNames
@@ -534,10 +535,6 @@ def git_commit() -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
-def log(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=100_000)
@@ -555,18 +552,8 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def main() -> None:
-    args = parse_args()
-    try:
-        results = asyncio.run(bench(args))
-    except BenchError as error:
-        log(f"bench failed: {error}")
-        sys.exit(1)
-    except KeyboardInterrupt:
-        log("interrupted; consumer processes stopped and bench topics deleted")
-        sys.exit(130)
-    (RESULTS_DIR / "throughput.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(
+def _summary(results: dict[str, Any]) -> str:
+    return (
         f"pipeline {results['pipeline_msgs_per_s']:,.0f} msg/s vs baseline "
         f"{results['baseline_msgs_per_s']:,.0f} msg/s (ratio {results['ratio']:.2f}); "
         f"saturated p50/p99 {results['p50_ms']:.0f}/{results['p99_ms']:.0f} ms; "
@@ -575,6 +562,10 @@ def main() -> None:
         f"{results['baseline_paced_p99_ms']:.1f}); {results['messages']:,} msgs in "
         f"{results['wall_time_s']:.0f}s -> bench/results/throughput.json, throughput.png"
     )
+
+
+def main() -> None:
+    run_bench(bench, parse_args(), "throughput", _summary)
 
 
 if __name__ == "__main__":

@@ -101,3 +101,13 @@ class Settings(BaseSettings):
     def bootstrap_servers(self) -> list[str]:
         """aiokafka wants a plain host:port list."""
         return [h.strip() for h in self.kafka_bootstrap.split(",") if h.strip()]
+
+    @property
+    def lane_worker_app_id(self) -> str:
+        """App id, hence consumer group, of the lane worker that serves this deployment."""
+        return f"{self.app_id}-lanes"
+
+    @property
+    def router_group(self) -> str:
+        """Consumer group under which the routers commit their ingress offsets."""
+        return f"{self.app_id}-router"
