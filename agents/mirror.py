@@ -3,7 +3,8 @@
 Each worker reads the whole topic (no consumer group: every worker needs every key) and keeps
 the latest value per key in memory. A write goes to the topic with acks=all; `put(..., wait=True)`
 then waits until this worker's own mirror has applied it, so an API call that returns has taken
-effect here, and other workers follow within the fetch wait (`FETCH_WAIT_MS`).
+effect here. Other workers follow at once: their pending fetch asks for a single byte, so the
+broker answers it as soon as the change is written.
 
 This stands in for a Faust GlobalTable, whose cross-instance consistency is an open issue
 (faust-streaming #283); the topic is the same changelog such a table would keep.
@@ -21,7 +22,7 @@ from streams.app import LanewayApp
 
 log = logging.getLogger(__name__)
 
-FETCH_WAIT_MS = 10  # how long other workers may lag a change, at most
+FETCH_WAIT_MS = 500  # bounds only an idle fetch: a change ends the wait at once
 APPLY_TIMEOUT_S = 10.0
 
 
