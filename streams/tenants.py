@@ -321,12 +321,13 @@ class TenantDirectory:
     so a valid token of another tenant can be told apart from an invalid one).
     """
 
-    __slots__ = ("_records", "_senders", "_tenant_by_token")
+    __slots__ = ("_pinned", "_records", "_senders", "_tenant_by_token")
 
     def __init__(self) -> None:
         self._records: dict[str, TenantRecord] = {}
         self._senders = SenderIndex()
         self._tenant_by_token: dict[str, str] = {}
+        self._pinned: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._records)
@@ -342,18 +343,25 @@ class TenantDirectory:
         previous = self._records.pop(tenant_id, None)
         if previous is not None and self._tenant_by_token.get(previous.token_sha256) == tenant_id:
             del self._tenant_by_token[previous.token_sha256]
+        self._pinned.discard(tenant_id)
         if record is None:
             self._senders.remove(tenant_id)
             return
         self._records[tenant_id] = record
         self._tenant_by_token[record.token_sha256] = tenant_id
         self._senders.put(tenant_id, record.senders)
+        if record.lane.pinned != "auto":
+            self._pinned.add(tenant_id)
 
     def get(self, tenant_id: str) -> TenantRecord | None:
         return self._records.get(tenant_id)
 
     def all(self) -> list[TenantRecord]:
         return list(self._records.values())
+
+    def pinned(self) -> set[str]:
+        """Tenants an operator pinned to a lane (to shared or to a dedicated one)."""
+        return set(self._pinned)
 
     def resolve_sender(
         self, application: str, facility: str, peer: IPv4Address | IPv6Address | None

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from streams.tenants import (
     DEFAULT_BURST,
     DEFAULT_RATE_PER_S,
+    LaneSettings,
     SenderIdentity,
     SenderIndex,
     TenantDirectory,
@@ -511,6 +512,20 @@ def test_directory_update_replaces_senders_and_token() -> None:
     assert directory.tenant_for_token_hash("a" * 64) is None
     assert directory.tenant_for_token_hash("b" * 64) == "st-marys"
     assert len(directory) == 1
+
+
+def test_directory_knows_the_pinned_tenants() -> None:
+    directory = TenantDirectory()
+    pinned = record("st-marys").model_copy(update={"lane": LaneSettings(pinned="dedicated")})
+    directory.apply("st-marys", pinned)
+    directory.apply("lab42", record("lab42", token_digit="c"))
+    assert directory.pinned() == {"st-marys"}
+
+    directory.apply("st-marys", record("st-marys"))  # back to "auto"
+    assert directory.pinned() == set()
+    directory.apply("lab42", pinned.model_copy(update={"id": "lab42"}))
+    directory.apply("lab42", None)
+    assert directory.pinned() == set()
 
 
 def test_tombstone_deletes_everything_about_the_tenant() -> None:
