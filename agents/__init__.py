@@ -67,6 +67,12 @@ def build_lane_worker(settings: Settings | None = None, **faust_overrides: Any) 
     # Tenant configs for the per-tenant output options (thin, masks) of the lane's events.
     registry = TenantRegistry(app)
     app.service(registry)  # type: ignore[arg-type]
-    processor.install(app, registry, processor.dedicated_lanes(app), "laneway.dedicated")
+    processor.install(
+        app,
+        registry,
+        processor.dedicated_lanes(app),
+        "laneway.dedicated",
+        drain_rate=settings.lane_drain_rate,
+    )
     heap.freeze_after_start(app, registry.ready)
     return app

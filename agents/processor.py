@@ -13,6 +13,8 @@ has drained a tenant that moves.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterable, Callable, Iterable
 
 from faust.types import TopicT
@@ -20,6 +22,7 @@ from faust.types import TopicT
 from agents.publisher import OutputPublisher
 from agents.registry import TenantRegistry
 from streams.app import LanewayApp
+from streams.gcra import Gcra
 from streams.masking import OutputShapers, load_mask_secret
 from streams.processing import (
     IngressRecord,
@@ -35,12 +38,18 @@ def install(
     lanes: TopicT,
     name: str,
     on_dlq: Callable[[Iterable[bytes]], None] | None = None,
+    drain_rate: float = 0.0,
 ) -> None:
-    """Process the `lanes` topic(s); `on_dlq` hears the key of every DLQ record published."""
+    """Process the `lanes` topic(s); `on_dlq` hears the key of every DLQ record published.
+
+    With a `drain_rate` (records/s) the agent holds each batch until the rate allows it, so a
+    flood's backlog leaves the CPU and the broker to the shared lane; it waits in Kafka.
+    """
     settings = app.laneway
     topics = app.topic_names
     publisher = OutputPublisher(app)
     shapers = OutputShapers(registry.directory, load_mask_secret())
+    pace = Gcra(drain_rate, burst=settings.batch_max) if drain_rate > 0 else None
 
     @app.agent(lanes, name=name)
     async def process(stream: AsyncIterable[bytes]) -> None:
@@ -48,6 +57,8 @@ def install(
         async for events in stream.take_events(  # type: ignore[attr-defined]
             settings.batch_max, within=settings.batch_within_s
         ):
+            if pace is not None:
+                await asyncio.sleep(pace.admit(time.monotonic(), len(events)))
             outputs: list[OutputRecord] = []
             for event in events:
                 message = event.message

@@ -25,6 +25,9 @@ each lane is a Faust agent (`agents.processor`), the same code for every lane.
   messages. Then the move is applied and the held records go, in order, to the new lane. Other
   tenants are never held. Ingress offsets are committed only up to the first held record, after
   Kafka acknowledged the forwards: a crash re-forwards (same idempotency keys), never loses.
+  A move out of a dedicated lane is decided only once that lane is within one batch of done
+  with the tenant (the lane worker drains at a bounded rate): the cut then holds records for a
+  moment, not for the whole backlog.
 - A paused tenant's records are held the same way: they wait in Kafka (uncommitted) and in
   order, while ingest refuses the tenant anything new (AR / 503), until it is resumed.
 """
@@ -337,27 +340,41 @@ class Router(Service):
     async def _evaluate_lanes(self, now: float) -> None:
         if self._cutting:
             await self._complete_cuts()
-        for tenant in self._active | set(self.lanes.placed()):
-            if tenant in self._cutting or self._partition_of(tenant) not in self._owned:
-                continue
-            move = self._decision(tenant, now)
+        # Pinned tenants too: a pin takes effect even while the tenant sends nothing.
+        known = self._active | set(self.lanes.placed()) | self.registry.directory.pinned()
+        candidates = [
+            tenant
+            for tenant in known
+            if tenant not in self._cutting and self._partition_of(tenant) in self._owned
+        ]
+        # A tenant leaves a dedicated lane only once that lane has (nearly) caught up with it,
+        # so the cut holds its new records for a moment, not for the whole backlog's drain.
+        in_lanes = [tenant for tenant in candidates if self.lanes.lane_of(tenant) is not None]
+        caught_up = await self._drained(in_lanes, slack=self.app.laneway.batch_max)
+        for tenant in candidates:
+            move = self._decision(tenant, now, lane_caught_up=tenant in caught_up)
             if move is not None:
                 self._cutting[tenant] = move
         if self._cutting:
             await self._complete_cuts()  # a tenant with nothing left in its old lane moves now
 
     async def _complete_cuts(self) -> None:
-        forwarded = self._last_forwarded
-        committed = await self._lane_commits(
-            forwarded[tenant] for tenant in self._cutting if tenant in forwarded
-        )
-        for tenant, move in list(self._cutting.items()):
-            forwarded = self._last_forwarded.get(tenant)
-            if forwarded is None or committed.get(forwarded[:2], -1) > forwarded[2]:
-                del self._cutting[tenant]
-                await self._apply(tenant, move)
+        for tenant in await self._drained(list(self._cutting)):
+            await self._apply(tenant, self._cutting.pop(tenant))
 
-    def _decision(self, tenant: str, now: float) -> LaneMove | None:
+    async def _drained(self, tenants: list[str], slack: int = 0) -> set[str]:
+        """The tenants whose lane has emitted every record forwarded to it for them, but for at
+        most `slack` (a tenant with nothing forwarded counts as drained)."""
+        forwarded = {t: self._last_forwarded[t] for t in tenants if t in self._last_forwarded}
+        committed = await self._lane_commits(forwarded.values()) if forwarded else {}
+        return {
+            tenant
+            for tenant in tenants
+            if tenant not in forwarded
+            or committed.get(forwarded[tenant][:2], -1) > forwarded[tenant][2] - slack
+        }
+
+    def _decision(self, tenant: str, now: float, lane_caught_up: bool) -> LaneMove | None:
         record = self.registry.directory.get(tenant)
         settings = self.app.laneway
         contract = record.rate_per_s if record is not None else settings.default_rate_per_s
@@ -371,7 +388,7 @@ class Router(Service):
             rate_10s=snapshot.rate_10s,
             contract_rate=contract,
             now=now,
-            backlog_empty=True,  # the drain is the cut's job (see the module docstring)
+            backlog_empty=lane_caught_up,  # the rest of the drain is the cut's job
             lane_loads=self.lanes.loads(),
             policy=self.policy,
         )

@@ -13,8 +13,9 @@ LANEWAY_LANE_NICE, so that the OS favours the shared lane when both want the CPU
    timestamp = the message's intended send time, so a generator stall counts as latency too):
    19 quiet tenants together at 30 % of C; one noisy tenant at the same per-tenant rate, 50x that
    for the burst. Phases: warm-up (not measured), steady, burst, recovery (calm window +
-   hold-down + drain + 10 s). Every tenant's contract is 2x the steady per-tenant rate, so only
-   the burst exceeds the promotion threshold (LANEWAY_PROMOTE_FACTOR x contract).
+   hold-down, or the dedicated lane's drain of the burst at LANEWAY_LANE_DRAIN_RATE if longer,
+   + 10 s for the move back + 10 s). Every tenant's contract is 2x the steady per-tenant rate, so
+   only the burst exceeds the promotion threshold (LANEWAY_PROMOTE_FACTOR x contract).
    - lanes: Laneway as designed, with LANEWAY_HOLD_DOWN_S lowered to --hold-down-seconds.
    - naive: LANEWAY_LANES_ENABLED=false, one shared lane (the lane worker runs and gets nothing).
 
@@ -22,6 +23,7 @@ Latency = out record CreateTime - ingress CreateTime (= intended send time); eve
 joined to its offered message by its idempotency key (tenant:MSH-10:ingress position).
 
     python -m bench.isolation [--steady-seconds 20] [--burst-seconds 60] [--hold-down-seconds 20]
+                              [--lane-drain-rate 1000] [--lane-nice 10]
 
 Writes bench/results/isolation.json and bench/results/isolation.png.
 """
@@ -41,7 +43,7 @@ import sys
 import time
 from array import array
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
@@ -193,6 +195,17 @@ class LoadPlan:
             "burst": (ONSET_S, self.burst_s),
             "recovery": (self.burst_s, end),
         }
+
+
+def recovery_seconds(plan: LoadPlan, hold_down_s: float, lane_drain_rate: float) -> float:
+    """After the burst: the calm window and the hold-down, or the dedicated lane's drain of the
+    burst's backlog at LANEWAY_LANE_DRAIN_RATE if that takes longer (the move back waits for
+    it), then the move back itself and 10 s after it."""
+    drain_s = 0.0
+    if lane_drain_rate > 0:
+        backlog = max(plan.burst_rate - lane_drain_rate, 0.0) * plan.burst_s
+        drain_s = backlog / max(lane_drain_rate - plan.quiet_rate, 1.0)
+    return max(CALM_WINDOW_S + hold_down_s, drain_s) + DRAIN_ALLOWANCE_S + AFTER_DEMOTION_S
 
 
 class Generator:
@@ -584,6 +597,7 @@ async def run_system(
         label,
         LANEWAY_LANES_ENABLED=str(lanes_enabled).lower(),
         LANEWAY_HOLD_DOWN_S=str(args.hold_down_seconds),
+        LANEWAY_LANE_DRAIN_RATE=str(args.lane_drain_rate),
     )
     topics = TopicNames(env["LANEWAY_TOPIC_PREFIX"])
     settings = Settings()
@@ -1019,6 +1033,7 @@ def report(
             "LANEWAY_BATCH_WITHIN_S": settings.batch_within_s,
             "LANEWAY_INGRESS_PARTITIONS": settings.ingress_partitions,
             "lane_worker_nice": args.lane_nice,
+            "LANEWAY_LANE_DRAIN_RATE": args.lane_drain_rate,
         },
         "idle_memory": memory,
         "systems": systems,
@@ -1065,10 +1080,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             warmup_s=WARMUP_S,
             steady_s=args.steady_seconds,
             burst_s=args.burst_seconds,
-            recovery_s=CALM_WINDOW_S
-            + args.hold_down_seconds
-            + DRAIN_ALLOWANCE_S
-            + AFTER_DEMOTION_S,
+            recovery_s=0.0,
+        )
+        plan = replace(
+            plan, recovery_s=recovery_seconds(plan, args.hold_down_seconds, args.lane_drain_rate)
         )
         log(
             f"load: {len(QUIET_TENANTS)} quiet tenants at {plan.quiet_rate:.1f} msg/s each, "
@@ -1102,6 +1117,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--calibration-messages", type=int, default=60_000)
     parser.add_argument("--idle-tenants", type=int, default=10_000)
     parser.add_argument("--lane-nice", type=int, default=10, help="its LANEWAY_LANE_NICE")
+    parser.add_argument(
+        "--lane-drain-rate",
+        type=float,
+        default=Settings().lane_drain_rate,
+        help="LANEWAY_LANE_DRAIN_RATE of the lane worker (0 = no bound)",
+    )
     parser.add_argument("--bootstrap", default=default_bootstrap())
     args = parser.parse_args()
     if args.steady_seconds <= 0 or args.burst_seconds <= ONSET_S or args.hold_down_seconds < 0:

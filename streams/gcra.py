@@ -69,14 +69,15 @@ class Gcra:
         self._consume(now, n)
         return True
 
-    def admit(self, now: float) -> float:
-        """Count one message and return how long the caller must hold it (0 = send now).
+    def admit(self, now: float, n: int = 1) -> float:
+        """Count `n` messages (at most `burst`) and return how long the caller must hold them
+        (0 = send now).
 
         Always consumes: the caller delays, never drops. Delays stack, so a caller that admits
         more messages before the earlier ones were released is held ever longer.
         """
-        wait = self.delay(now)
-        self._consume(now, 1)
+        wait = self.delay(now, n)
+        self._consume(now, n)
         return wait
 
     def _consume(self, now: float, n: int) -> None:

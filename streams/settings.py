@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     lane_nice: int = Field(
         default=10, ge=0, le=19, description="CPU nice value the lane worker gives itself."
     )
+    lane_drain_rate: float = Field(
+        default=1000.0,
+        ge=0,
+        description="Most records/s the lane worker processes (0 = no bound): a flood's backlog "
+        "drains at this pace instead of taking the CPU and broker the shared lane needs.",
+    )
     promote_factor: float = Field(
         default=4.0, gt=1, description="Promote when the recent rate exceeds this x contract."
     )

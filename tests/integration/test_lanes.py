@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
+from datetime import datetime
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.hl7.synthetic import SyntheticFeed
 from streams.processing import guess_control_id
+from streams.settings import Settings
 from streams.topics import TopicNames
 from tests.integration.kafka_helpers import Api, WorkerProcess, consume_until
 
@@ -22,6 +25,22 @@ pytestmark = pytest.mark.integration
 RATE_PER_S = 150
 MOVE_DEADLINE_S = 20
 PAUSED_MESSAGES = 50
+BACKLOG_MESSAGES = 3000
+
+
+async def tenant_moves(
+    bootstrap: str, topics: TopicNames, tenant_id: str, at_least: int
+) -> list[dict]:
+    """The tenant's lane moves on the control topic, once there are `at_least` (or the deadline)."""
+
+    def ours(records: list) -> list[dict]:
+        moves = [json.loads(r.value) for r in records]
+        return [move for move in moves if move["tenant"] == tenant_id]
+
+    records = await consume_until(
+        bootstrap, [topics.control], lambda got: len(ours(got)) >= at_least, MOVE_DEADLINE_S
+    )
+    return ours(records)
 
 
 async def test_order_holds_across_forced_moves_both_ways(
@@ -47,15 +66,8 @@ async def test_order_holds_across_forced_moves_both_ways(
             sent.append(guess_control_id(payload))
             await asyncio.sleep(1 / RATE_PER_S)
 
-    def ours(records: list) -> list[dict]:
-        moves = [json.loads(r.value) for r in records]
-        return [move for move in moves if move["tenant"] == tenant_id]
-
     async def moves_of_tenant(at_least: int) -> list[dict]:
-        records = await consume_until(
-            bootstrap, [topics.control], lambda got: len(ours(got)) >= at_least, MOVE_DEADLINE_S
-        )
-        return ours(records)
+        return await tenant_moves(bootstrap, topics, tenant_id, at_least)
 
     async def pin_and_wait(pinned: str, moves_before: int) -> None:
         status, answer = await api.call(
@@ -148,3 +160,80 @@ async def test_paused_tenant_waits_in_kafka_and_resumes_in_order(
         30,
     )
     assert control_ids(records) == sent[paused], worker.log_tail()
+
+
+async def test_a_dedicated_lane_drains_at_its_bounded_rate_and_the_move_back_waits_for_it(
+    api: Api,
+    worker: WorkerProcess,
+    lane_worker: WorkerProcess,
+    worker_env: dict,
+    producer: AIOKafkaProducer,
+    bootstrap: str,
+) -> None:
+    """A backlog in a dedicated lane is processed at LANEWAY_LANE_DRAIN_RATE at most; a move
+    back to shared asked for meanwhile is made only once the lane is within a batch of done."""
+    settings = Settings()
+    topics = TopicNames(worker_env["LANEWAY_TOPIC_PREFIX"])
+    tenant_id = (await api.onboard(f"backlog-{uuid.uuid4().hex[:6]}"))["id"]
+    feed = SyntheticFeed(seed=13, control_id_prefix="DRAIN-", escape_rate=0)
+    sent: list[str] = []
+
+    async def send(count: int) -> None:
+        for _ in range(count):
+            payload = feed.next_message()
+            await producer.send(topics.ingress, payload, key=tenant_id.encode())
+            sent.append(guess_control_id(payload))
+        await producer.flush()
+
+    status, answer = await api.call(
+        "PATCH",
+        f"/api/tenants/{tenant_id}",
+        token=api.admin_token,
+        json_body={"lane": {"pinned": "dedicated"}},
+    )
+    assert status == 200, answer
+    # Before any traffic: a pin takes effect on its own.
+    assert len(await tenant_moves(bootstrap, topics, tenant_id, 1)) == 1
+
+    lanes = [topics.dedicated_lane(lane) for lane in range(settings.dedicated_lanes)]
+    lanes_before = await end_offsets_total(bootstrap, lanes)
+    await send(BACKLOG_MESSAGES)
+    deadline = time.monotonic() + MOVE_DEADLINE_S
+    while await end_offsets_total(bootstrap, lanes) < lanes_before + BACKLOG_MESSAGES:
+        assert time.monotonic() < deadline, "the router did not forward the backlog"
+        await asyncio.sleep(0.1)
+
+    status, answer = await api.call(
+        "PATCH",
+        f"/api/tenants/{tenant_id}",
+        token=api.admin_token,
+        json_body={"lane": {"pinned": "shared"}},
+    )
+    assert status == 200, answer
+    records = await consume_until(
+        bootstrap,
+        [topics.out(tenant_id)],
+        lambda got: set(sent) <= {json.loads(r.value)["control_id"] for r in got},
+        60,
+    )
+    assert [json.loads(r.value)["control_id"] for r in records] == sent, lane_worker.log_tail()
+    # A batch at once, then no faster than the rate: the floor that an unpaced lane undercuts.
+    floor_s = (BACKLOG_MESSAGES - settings.batch_max) / settings.lane_drain_rate
+    span_s = (records[-1].timestamp - records[-BACKLOG_MESSAGES].timestamp) / 1000
+    assert span_s >= 0.9 * floor_s, f"{BACKLOG_MESSAGES} records drained in {span_s:.2f} s"
+
+    back = (await tenant_moves(bootstrap, topics, tenant_id, 2))[1]
+    assert back["to"] is None, back
+    decided_ms = datetime.fromisoformat(back["at"]).timestamp() * 1000
+    nearly_done = records[-1 - settings.batch_max].timestamp
+    assert decided_ms >= nearly_done, f"moved back with {span_s:.2f} s of drain, at {back['at']}"
+
+
+async def end_offsets_total(bootstrap: str, topics: list[str]) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, 0) for topic in topics]
+        return sum((await consumer.end_offsets(partitions)).values())
+    finally:
+        await consumer.stop()

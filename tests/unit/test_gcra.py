@@ -70,6 +70,15 @@ def test_admit_always_counts_and_says_how_long_to_hold() -> None:
     assert limiter.admit(T0 + 1.0) == 0
 
 
+def test_admit_counts_a_batch_as_its_size() -> None:
+    limiter = Gcra(rate_per_s=100, burst=50)
+    assert limiter.admit(T0, n=50) == 0  # the whole burst at once
+    # 30 more are due 0.3 s later; the next 20 wait for those as well.
+    assert limiter.admit(T0, n=30) == pytest.approx(0.3, abs=1e-6)
+    assert limiter.admit(T0, n=20) == pytest.approx(0.5, abs=1e-6)
+    assert limiter.admit(T0 + 2.0, n=50) == 0
+
+
 def test_a_new_contract_keeps_the_debt() -> None:
     limiter = Gcra(rate_per_s=1, burst=1)
     for _ in range(10):
