@@ -2,8 +2,8 @@
 
 It lowers its own CPU priority (`LANEWAY_LANE_NICE`) on import (see `agents.priority`), and its
 processor agent drains at most `LANEWAY_LANE_DRAIN_RATE` records/s. Priority alone did not keep
-a flood's drain from slowing the shared lane: the broker and the bench's generator, which serve
-both lanes, do not know whose work they do.
+a flood's drain from slowing the shared lane: the broker serves both lanes and does not know
+whose work it does.
 """
 
 from agents import build_lane_worker
