@@ -6,6 +6,7 @@ from typing import Any
 
 from agents import (
     admin_api,
+    broker_watch,
     commands,  # noqa: F401  (importing registers the faust CLI commands)
     dashboard,
     dlq_replay,
@@ -30,10 +31,11 @@ def build_worker(settings: Settings | None = None, **faust_overrides: Any) -> La
     """The shared worker: ingest, router, shared lane and web views. Tests build it here too."""
     app = create_app(settings, **faust_overrides)
     settings = app.laneway
+    broker = broker_watch.install(app)
     registry = TenantRegistry(app)
     state = TenantStateMirror(app)
     router = Router(app, registry, state)
-    writer = IngressWriter(app)
+    writer = IngressWriter(app, broker)
     # Started in this order, after Faust's own services; each waits for what it reads.
     for service in (registry, state, router, writer):
         app.service(service)  # type: ignore[arg-type]
@@ -47,7 +49,7 @@ def build_worker(settings: Settings | None = None, **faust_overrides: Any) -> La
         app, registry, processor.shared_lane(app), "laneway.shared", on_dlq=router.count_dlq
     )
     admin_api.install(app, registry, guard)
-    stats = stats_api.install(app, registry, state, guard)
+    stats = stats_api.install(app, registry, state, guard, broker)
     dashboard.install(app)
     metrics.install(app, stats, mllp.counters)
     dlq_replay.install(app, writer, guard)
@@ -64,6 +66,7 @@ def build_lane_worker(settings: Settings | None = None, **faust_overrides: Any) 
         update={"app_id": settings.lane_worker_app_id, "web_port": settings.lane_web_port}
     )
     app = create_app(lane_settings, **faust_overrides)
+    broker_watch.install(app)
     # Tenant configs for the per-tenant output options (thin, masks) of the lane's events.
     registry = TenantRegistry(app)
     app.service(registry)  # type: ignore[arg-type]

@@ -62,7 +62,6 @@ async def json_body(request: web.Request) -> dict[str, Any]:
 def install(app: LanewayApp, registry: TenantRegistry, guard: Guard) -> None:
     """Register the admin views on `app`."""
     topics = app.topic_names
-    settings = app.laneway
 
     def existing(tenant_id: str) -> TenantRecord:
         record = registry.directory.get(tenant_id)
@@ -81,12 +80,7 @@ def install(app: LanewayApp, registry: TenantRegistry, guard: Guard) -> None:
     async def create_topics(tenant_id: str) -> None:
         await asyncio.gather(
             *(
-                app.producer.create_topic(
-                    name,
-                    partitions=1,
-                    replication=settings.topic_replication,
-                    config={"retention.ms": OUTPUT_RETENTION_MS},
-                )
+                app.create_topic(name, partitions=1, config={"retention.ms": OUTPUT_RETENTION_MS})
                 for name in (topics.out(tenant_id), topics.dlq(tenant_id))
             )
         )

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from ipaddress import IPv4Address, IPv6Address
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 from mode import Service
 
+from agents.broker_watch import BrokerWatch
+from agents.producers import RenewingProducer
 from agents.registry import TenantRegistry
 from streams.app import LanewayApp
 from streams.gcra import Gcra, RateTable
@@ -84,45 +85,52 @@ class IngressWriter(Service):
     the same bytes, which must not land a second time under a new idempotency key. So the
     pending write is kept for `AMBIGUOUS_WRITE_TTL_S`: a resend of identical bytes for the same
     tenant joins it instead of writing again, and is accepted once it turns out durable.
+
+    While the broker watch says Kafka is down, writes are refused at once: nothing piles up in
+    the producer, and senders hear AR / 503 without waiting for the deadline.
     """
 
-    def __init__(self, app: LanewayApp, **kwargs: object) -> None:
+    def __init__(self, app: LanewayApp, broker: BrokerWatch, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.app = app
-        self._producer: AIOKafkaProducer | None = None
+        self.broker = broker
+        settings = app.laneway
+        self._producer = RenewingProducer(
+            "ingress",
+            bootstrap_servers=settings.bootstrap_servers,
+            linger_ms=1,
+            request_timeout_ms=int(settings.ingest_timeout_s * 1000),
+        )
         self._ambiguous: OrderedDict[bytes, tuple[float, asyncio.Future[RecordMetadata]]] = (
             OrderedDict()
         )
 
     async def on_start(self) -> None:
         await self.app.declare_ingress()
-        settings = self.app.laneway
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=1,
-            request_timeout_ms=int(settings.ingest_timeout_s * 1000),
-        )
         await self._producer.start()
 
     async def on_stop(self) -> None:
-        if self._producer is not None:
-            await self._producer.stop()
+        await self._producer.stop()
 
     async def write(self, tenant_id: str, payload: bytes) -> tuple[int, int]:
         """(partition, offset) of the durable ingress record; IngestUnavailable otherwise."""
-        if self._producer is None:
+        if not self._producer.started:
             raise IngestUnavailable("ingress writer not started")
+        if not self.broker.up:
+            raise IngestUnavailable("Kafka is unreachable")
         self._forget_old_ambiguous_writes()
         identity = hashlib.blake2b(tenant_id.encode() + b"\0" + payload, digest_size=16).digest()
         earlier = self._ambiguous.pop(identity, None)
         if earlier is not None and not (earlier[1].done() and earlier[1].exception()):
             pending = earlier[1]  # the same bytes were refused before: join that write
         else:
+            producer = self._producer.producer
             pending = asyncio.ensure_future(
-                self._producer.send_and_wait(
-                    self.app.topic_names.ingress, payload, key=tenant_id.encode()
+                self._producer.delivered(
+                    producer.send_and_wait(
+                        self.app.topic_names.ingress, payload, key=tenant_id.encode()
+                    ),
+                    producer,
                 )
             )
         try:

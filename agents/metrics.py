@@ -45,6 +45,17 @@ class LanewayCollector(Collector):
         self._lanes = ["shared", *(str(lane) for lane in range(dedicated_lanes))]
 
     def collect(self) -> Iterator[Metric]:
+        broker = self._book.broker
+        yield GaugeMetricFamily(
+            "laneway_kafka_up",
+            "1 while this process reaches the Kafka cluster, 0 while it does not.",
+            value=int(broker.up),
+        )
+        yield GaugeMetricFamily(
+            "laneway_kafka_brokers",
+            "Brokers listed in the cluster metadata at the last probe (0 while unreachable).",
+            value=broker.brokers,
+        )
         yield from self._tenant_metrics(self._book.rows(time.time()))
         yield from self._mllp_metrics()
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from mode import Service
 
+from agents.producers import RenewingProducer
 from streams.app import LanewayApp
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class CompactedTopicMirror(Service):
         self.topic = topic
         self.ready = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
+        self._producer = RenewingProducer(topic, bootstrap_servers=app.laneway.bootstrap_servers)
         self._applied_offset = -1
         self._offset_advanced = asyncio.Condition()
 
@@ -48,16 +49,9 @@ class CompactedTopicMirror(Service):
         raise NotImplementedError
 
     async def on_start(self) -> None:
-        await self.app.producer.create_topic(
-            self.topic,
-            partitions=1,  # one partition: one total order of changes
-            replication=self.app.laneway.topic_replication,
-            compacting=True,
-        )
+        # One partition: one total order of changes.
+        await self.app.create_topic(self.topic, partitions=1, compacting=True)
         servers = self.app.laneway.bootstrap_servers
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=servers, acks="all", enable_idempotence=True
-        )
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=servers,
             enable_auto_commit=False,
@@ -77,8 +71,7 @@ class CompactedTopicMirror(Service):
     async def on_stop(self) -> None:
         if self._consumer is not None:
             await self._consumer.stop()
-        if self._producer is not None:
-            await self._producer.stop()
+        await self._producer.stop()
 
     @Service.task
     async def _follow(self) -> None:
@@ -105,11 +98,14 @@ class CompactedTopicMirror(Service):
 
     async def put(self, key: str, value: bytes | None, *, wait: bool = True) -> None:
         """Write `value` (None: a tombstone); with `wait`, until this mirror has applied it."""
-        if self._producer is None:
+        if not self._producer.started:
             raise MirrorUnavailable(f"{self.topic} mirror not started")
+        producer = self._producer.producer
         try:
             metadata = await asyncio.wait_for(
-                self._producer.send_and_wait(self.topic, value, key=key.encode()),
+                self._producer.delivered(
+                    producer.send_and_wait(self.topic, value, key=key.encode()), producer
+                ),
                 APPLY_TIMEOUT_S,
             )
             if wait:

@@ -84,6 +84,7 @@ def shared_lane(app: LanewayApp) -> TopicT:
         value_type=bytes,
         partitions=app.laneway.ingress_partitions,  # co-partitioned with ingress
         internal=True,
+        config=app.durable_topic_config,
     )
 
 
@@ -94,4 +95,5 @@ def dedicated_lanes(app: LanewayApp) -> TopicT:
         value_type=bytes,
         partitions=1,  # one partition per lane: a tenant's records stay in order
         internal=True,
+        config=app.durable_topic_config,
     )

@@ -10,6 +10,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from agents.producers import RenewingProducer
 from streams.app import LanewayApp
 from streams.processing import OutputRecord
 
@@ -30,7 +31,11 @@ class OutputPublisher:
     def __init__(self, app: LanewayApp) -> None:
         self._app = app
         self._known_topics: set[str] = set()
-        self._producer: AIOKafkaProducer | None = None
+        self._producer = RenewingProducer(
+            "output",
+            bootstrap_servers=app.laneway.bootstrap_servers,
+            max_batch_size=1024 * 1024,
+        )
         self._start_lock = asyncio.Lock()
         app.on_before_shutdown.connect(self._on_shutdown)
 
@@ -61,6 +66,13 @@ class OutputPublisher:
 
     async def _send_all(self, outputs: Iterable[OutputRecord]) -> dict[tuple[str, int], int]:
         producer = await self._started_producer()
+        # A failed delivery leaves the producer's sequence broken: the whole batch is retried
+        # on the renewed producer (duplicates keep their idempotency keys).
+        return await self._producer.delivered(self._send_on(producer, outputs), producer)
+
+    async def _send_on(
+        self, producer: AIOKafkaProducer, outputs: Iterable[OutputRecord]
+    ) -> dict[tuple[str, int], int]:
         by_partition: dict[tuple[str, int], list[OutputRecord]] = defaultdict(list)
         for output in outputs:
             by_partition[output.topic, output.partition].append(output)
@@ -83,7 +95,11 @@ class OutputPublisher:
                     batch = producer.create_batch()
             pending.append(await producer.send_batch(batch, topic, partition=partition))
             last_batch_of[topic, partition] = (len(pending) - 1, batch.record_count())
-        delivered = await asyncio.gather(*pending)
+        # Every delivery is awaited, failed ones too (none is left unretrieved).
+        delivered = await asyncio.gather(*pending, return_exceptions=True)
+        for outcome in delivered:
+            if isinstance(outcome, BaseException):
+                raise outcome
         # A batch's metadata carries its base offset; its last record is `count - 1` further.
         return {
             destination: delivered[index].offset + count - 1
@@ -92,25 +108,15 @@ class OutputPublisher:
 
     async def _started_producer(self) -> AIOKafkaProducer:
         async with self._start_lock:
-            if self._producer is None:
-                producer = AIOKafkaProducer(
-                    bootstrap_servers=self._app.laneway.bootstrap_servers,
-                    acks="all",
-                    enable_idempotence=True,  # broker-side dedupe of the producer's own retries
-                    max_batch_size=1024 * 1024,
-                )
-                await producer.start()
-                self._producer = producer
-            return self._producer
+            if not self._producer.started:
+                await self._producer.start()
+            return self._producer.producer
 
     async def _declare(self, topic: str) -> None:
         # One partition per tenant topic keeps each tenant's output in ingress order.
-        await self._app.producer.create_topic(
-            topic, partitions=1, replication=self._app.laneway.topic_replication
-        )
+        await self._app.create_topic(topic, partitions=1)
         self._known_topics.add(topic)
         log.info("declared output topic %s", topic)
 
     async def _on_shutdown(self, app: LanewayApp, **_: Any) -> None:
-        if self._producer is not None:
-            await self._producer.stop()
+        await self._producer.stop()

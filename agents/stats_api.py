@@ -34,6 +34,7 @@ from faust.web import View
 from mode import Service
 
 from agents.admin_api import api_errors
+from agents.broker_watch import BrokerWatch
 from agents.registry import TenantRegistry
 from agents.tenant_state import TenantStateMirror
 from agents.web_auth import ApiError, Guard
@@ -95,10 +96,13 @@ class KafkaProbe(Service):
     """Reads end offsets and committed offsets every `PROBE_INTERVAL_S`, in the background, so
     that requests and metric scrapes never wait for Kafka and cost it nothing extra."""
 
-    def __init__(self, app: LanewayApp, registry: TenantRegistry, **kwargs: object) -> None:
+    def __init__(
+        self, app: LanewayApp, registry: TenantRegistry, broker: BrokerWatch, **kwargs: object
+    ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.app = app
         self.registry = registry
+        self.broker = broker
         self.offsets = Offsets()
         self.dlq_grew_at: dict[str, float] = {}  # tenant -> when its DLQ topic last grew
         self._admin: AIOKafkaAdminClient | None = None
@@ -124,6 +128,8 @@ class KafkaProbe(Service):
 
     @Service.timer(PROBE_INTERVAL_S)
     async def _probe(self) -> None:
+        if not self.broker.up:  # the watch says so already; the last numbers stay, and age
+            return
         try:
             await asyncio.wait_for(self.refresh(time.time()), PROBE_TIMEOUT_S)
         except Exception as error:  # the broker is away: the last numbers stay, `read_at` ages
@@ -399,13 +405,15 @@ class StatsBook(Service):
         app: LanewayApp,
         registry: TenantRegistry,
         tenant_states: TenantStateMirror,
+        broker: BrokerWatch,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.app = app
         self.registry = registry
         self.tenant_states = tenant_states
-        self.probe = KafkaProbe(app, registry)
+        self.broker = broker
+        self.probe = KafkaProbe(app, registry, broker)
         self.history = RateHistory()
 
     def on_init_dependencies(self) -> Iterable[Service]:
@@ -571,11 +579,20 @@ def json_response(body: Mapping[str, Any]) -> web.Response:
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
+def kafka_status(broker: BrokerWatch) -> dict[str, Any]:
+    """The broker link as the stats answers show it: counts stop moving while it is down."""
+    return {"up": broker.up, "brokers": broker.brokers, "down_since": _iso(broker.down_since)}
+
+
 def install(
-    app: LanewayApp, registry: TenantRegistry, tenant_states: TenantStateMirror, guard: Guard
+    app: LanewayApp,
+    registry: TenantRegistry,
+    tenant_states: TenantStateMirror,
+    guard: Guard,
+    broker: BrokerWatch,
 ) -> StatsBook:
     """Register the stats views on `app`; the returned book also feeds the dashboard and metrics."""
-    book = StatsBook(app, registry, tenant_states)
+    book = StatsBook(app, registry, tenant_states, broker)
     app.service(book)  # type: ignore[arg-type]
 
     @app.page("/api/tenants/{tenant_id}/stats")
@@ -587,7 +604,7 @@ def install(
             stats = book.tenant(tenant_id, time.time())
             if stats is None:  # offboarded between the check and here
                 raise ApiError(404, "unknown_tenant", "no such tenant")
-            return json_response({**stats.as_json(), "notes": NOTES})
+            return json_response({**stats.as_json(), "kafka": kafka_status(broker), "notes": NOTES})
 
     @app.page("/api/stats")
     class AllStatsView(View):
@@ -603,6 +620,7 @@ def install(
             return json_response(
                 {
                     "generated_at": _iso(now),
+                    "kafka": kafka_status(broker),
                     "offsets_read_at": _iso(offsets.read_at) if offsets.read_at else None,
                     "sparkline_interval_s": SAMPLE_S,
                     "sort": query.sort,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiokafka
@@ -46,6 +47,35 @@ class LanewayApp(faust.App):
 
     laneway: Settings
     topic_names: TopicNames
+    # Awaited before Faust starts its own Kafka clients (the worker waits for the broker there).
+    startup_gate: Callable[[], Awaitable[None]] | None = None
+
+    async def on_first_start(self) -> None:
+        await super().on_first_start()
+        if self.startup_gate is not None:
+            await self.startup_gate()
+
+    @property
+    def durable_topic_config(self) -> dict[str, str]:
+        """Topic config every Laneway topic is created with (besides its replication factor)."""
+        return {"min.insync.replicas": str(self.laneway.topic_min_insync_replicas)}
+
+    async def create_topic(
+        self,
+        name: str,
+        partitions: int,
+        *,
+        compacting: bool = False,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        """Create a Laneway topic (if missing) with the deployment's durability settings."""
+        await self.producer.create_topic(
+            name,
+            partitions=partitions,
+            replication=self.laneway.topic_replication,
+            compacting=compacting,
+            config={**self.durable_topic_config, **(config or {})},
+        )
 
     def _new_transport(self) -> TransportT:
         return _PromptTransport(self.conf.broker_consumer, self)
@@ -59,6 +89,7 @@ class LanewayApp(faust.App):
             partitions=self.laneway.ingress_partitions,
             # Laneway owns this topic: Faust then declares it before subscribing.
             internal=True,
+            config=self.durable_topic_config,
         )
 
     async def declare_ingress(self) -> None:

@@ -50,6 +50,12 @@ class Settings(BaseSettings):
         default=8, ge=1, description="Partitions of the ingress and lane topics."
     )
     topic_replication: int = Field(default=1, ge=1, description="Replication factor of topics.")
+    topic_min_insync_replicas: int = Field(
+        default=1,
+        ge=1,
+        description="min.insync.replicas of every topic Laneway creates: an acks=all write (and "
+        "so an AA) needs this many replicas; with replication 3, 2 survives one broker's loss.",
+    )
 
     batch_max: int = Field(
         default=500, ge=1, description="Most ingress records the processor handles per batch."

@@ -175,7 +175,14 @@
       const data = await response.json();
       showBoard();
       render(data);
-      setStatus(`live · ${new Date(data.generated_at).toLocaleTimeString()}`, false);
+      const time = new Date(data.generated_at).toLocaleTimeString();
+      if (data.kafka.up) {
+        setStatus(`live · ${time}`, false);
+      } else {
+        // Counts and backlogs stop moving while Kafka is away: say why instead of looking idle.
+        const since = new Date(data.kafka.down_since).toLocaleTimeString();
+        setStatus(`Kafka unreachable since ${since}: ingest refuses messages · ${time}`, true);
+      }
     } catch (error) {
       if (error.name === "AbortError") return;
       setStatus(`refresh failed (${error.message}), retrying`, true);

@@ -213,7 +213,7 @@ SENDER_PAUSED = AckError(
 )
 BROKER_FAILURE = AckError(
     ErrorCondition.APPLICATION_INTERNAL_ERROR,
-    "Temporary internal error, resend later",
+    "Message store (Kafka) unavailable, resend later",
     Outcome.REJECT,
 )
 # 104 "Value too long" would fit better but only exists from 2.7.
