@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv browser kafka-up kafka-down run worker test test-unit lint format bench bench-throughput bench-mllp bench-isolation bench-dashboard bench-codec schema clean
+.PHONY: help venv browser kafka-up kafka-down run worker test test-unit lint format bench bench-throughput bench-mllp bench-isolation bench-dashboard bench-codec bench-outage schema clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -21,11 +21,12 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## Create the virtualenv and install (idempotent)
 
-kafka-up: $(STAMP) ## Start the local Kafka 4.x (KRaft) broker unless LANEWAY_KAFKA_BOOTSTRAP points elsewhere
-	@bash scripts/kafka.sh up
+KAFKA_NODES ?= 1
+kafka-up: $(STAMP) ## Start the local Kafka 4.x (KRaft) broker (KAFKA_NODES=3: a 3-node cluster) unless LANEWAY_KAFKA_BOOTSTRAP points elsewhere
+	@KAFKA_NODES=$(KAFKA_NODES) bash scripts/kafka.sh up
 
-kafka-down: ## Stop the local broker (data is kept in .run/kafka)
-	@bash scripts/kafka.sh down
+kafka-down: ## Stop the local broker, or with KAFKA_NODES=3 the cluster (data is kept in .run/kafka)
+	@KAFKA_NODES=$(KAFKA_NODES) bash scripts/kafka.sh down
 
 run: kafka-up ## Set up everything, start the shared and lane workers, feed demo traffic from 3 tenants
 	@bash scripts/run.sh
@@ -55,7 +56,7 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 	@$(VENV)/bin/ruff check --fix .
 	@$(VENV)/bin/ruff format .
 
-bench: bench-codec bench-throughput bench-mllp bench-isolation bench-dashboard ## Run every benchmark; JSON and PNG in bench/results/
+bench: bench-codec bench-throughput bench-mllp bench-isolation bench-dashboard bench-outage ## Run every benchmark; JSON and PNG in bench/results/
 
 bench-throughput: kafka-up ## End-to-end pipeline vs raw aiokafka pass-through
 	@$(PY) -m bench.throughput
@@ -72,9 +73,12 @@ bench-dashboard: kafka-up $(CHROMIUM) ## Dashboard first render with 1,000 tenan
 bench-codec: $(STAMP) ## HL7 fast path vs hl7apy vs python-hl7, same process
 	@$(PY) -m bench.codec
 
+bench-outage: kafka-up ## Broker outages under MLLP + HTTP traffic: stop, kill -9, 3-node broker kill
+	@$(PY) -m bench.outage
+
 schema: $(STAMP) ## Regenerate docs/*-schema.json from streams/records.py
 	@$(PY) scripts/gen_schema.py
 
 clean: ## Remove the venv and runtime state (broker data, worker data, logs)
-	@bash scripts/kafka.sh down || true
+	@KAFKA_NODES=$(KAFKA_NODES) bash scripts/kafka.sh down || true
 	rm -rf $(VENV) .run .pytest_cache .ruff_cache *.egg-info
