@@ -91,6 +91,7 @@ NO_ANSWER = frozenset((REFUSED_CONNECTION, CLOSED, TIMEOUT))
 FINAL_REFUSALS = frozenset(("AE", "400", "401", "403", "404", "413", "415", "422"))
 
 FaultKind = Literal["stop", "kill"]
+Fault = tuple[str, FaultKind, float]  # phase name, kind, seconds the broker stays down
 
 
 # ---------------------------------------------------------------- the throwaway cluster
@@ -713,6 +714,19 @@ class Scenario:
         await self.restore(phase, recovery_timeout_s)
         return phase
 
+    async def run(
+        self, faults: Sequence[Fault], steady_s: float, settle_s: float = 15.0
+    ) -> ScenarioReport:
+        """The whole scenario: start, traffic, then each fault with steady traffic around it."""
+        await self.start()
+        await self.start_traffic()
+        await self.await_serving()
+        await self.hold(steady_s)
+        for name, kind, down_s in faults:
+            await self.outage(name, kind, down_s)
+            await self.hold(steady_s)
+        return await self.finish(settle_s=settle_s)
+
     async def node_leading_the_tenants(self) -> int:
         """The broker leading the MLLP tenant's ingress partition (node 2 if unknown)."""
         admin = AIOKafkaAdminClient(bootstrap_servers=self.cluster.bootstrap)
@@ -1051,29 +1065,18 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             logs / "single", rate_per_s=args.rate, cluster_root=kafka_root / "single"
         ) as single:
             scenarios.append(("1 node", single))
-            await single.start()
-            await single.start_traffic()
-            await single.await_serving()
-            await single.hold(args.steady_s)
-            await single.outage("graceful-stop", "stop", args.graceful_down_s)
-            await single.hold(args.steady_s)
+            faults: list[Fault] = [("graceful-stop", "stop", args.graceful_down_s)]
             if not args.graceful_only:
-                await single.outage("kill-9", "kill", args.kill_down_s)
-                await single.hold(args.steady_s)
-            reports.append(await single.finish())
+                faults.append(("kill-9", "kill", args.kill_down_s))
+            reports.append(await single.run(faults, args.steady_s))
         if args.cluster and not args.graceful_only:
             log("3-node cluster: kill -9 of one broker under traffic")
             async with Scenario(
                 logs / "cluster", nodes=3, rate_per_s=args.rate, cluster_root=kafka_root / "cluster"
             ) as cluster:
                 scenarios.append(("3 nodes", cluster))
-                await cluster.start()
-                await cluster.start_traffic()
-                await cluster.await_serving()
-                await cluster.hold(args.steady_s)
-                await cluster.outage("cluster-broker-kill", "kill", args.cluster_down_s)
-                await cluster.hold(args.steady_s)
-                reports.append(await cluster.finish())
+                fault: Fault = ("cluster-broker-kill", "kill", args.cluster_down_s)
+                reports.append(await cluster.run([fault], args.steady_s))
     finally:
         shutil.rmtree(kafka_root, ignore_errors=True)
         if any(scenario.senders for _, scenario in scenarios):

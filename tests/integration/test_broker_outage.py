@@ -152,17 +152,11 @@ async def test_one_broker_of_three_killed_under_traffic_loses_nothing_and_keeps_
     tmp_path: Path,
 ) -> None:
     async with Scenario(tmp_path, nodes=3) as scenario:
-        await scenario.start()
-        await scenario.start_traffic()
-        await scenario.await_serving()
-        await scenario.hold(STEADY_S)
-        phase = await scenario.outage(
-            "cluster-broker-kill", "kill", CLUSTER_KILL_S, recovery_timeout_s=RECOVERY_TIMEOUT_S
+        report = await scenario.run(
+            [("cluster-broker-kill", "kill", CLUSTER_KILL_S)], STEADY_S, settle_s=SETTLE_S
         )
-        await scenario.hold(STEADY_S)
-        report = await scenario.finish(settle_s=SETTLE_S)
 
-    measured = report.phase(phase.name)
+    measured = report.phase("cluster-broker-kill")
     problems = delivery_problems(report)
     if measured.max_answer_gap_s > MAX_ANSWER_GAP_S:
         problems.append(
