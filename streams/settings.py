@@ -25,6 +25,11 @@ class Settings(BaseSettings):
     web_host: str = Field(default="127.0.0.1", description="Interface the web server binds.")
     mllp_port: int = Field(default=2575, description="Port of the MLLP listener.")
     mllp_host: str = Field(default="127.0.0.1", description="Interface the MLLP listener binds.")
+    max_message_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Largest HL7 message Laneway carries end to end (the size contract).",
+    )
     mllp_max_frame_bytes: int = Field(
         default=4 * 1024 * 1024, ge=1024, description="Largest MLLP frame; larger ones are refused."
     )
