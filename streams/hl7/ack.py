@@ -19,6 +19,9 @@ orders of magnitude slower). The ACK follows the inbound message:
   ERR-2 (ERL: segment^sequence^field) when the position is known, ERR-3 (CWE:
   code^text^HL70357), ERR-4 severity E and ERR-8 the same text as MSA-3.
 
+Which ACKs a message gets (none, one or two: an accept acknowledgment CA/CE/CR per MSH-15, then
+an application acknowledgment AA/AE/AR per MSH-16) is `ack_codes`'s decision.
+
 Codes are from HL7 table 0008 (MSA-1) and table 0357 (ERR). Which outcome is an error (AE/CE)
 and which a reject (AR/CR) follows the standard's acknowledgment rules: an unacceptable
 MSH-9 (message type) or MSH-12 (version) is a reject, like a message refused for reasons
@@ -29,10 +32,12 @@ the message itself is an error.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import Enum, StrEnum
 from functools import lru_cache
+from typing import NamedTuple
 
 from streams.hl7.er7 import Delimiters, Hl7Error, declared_codec, escape
 from streams.hl7.header import SUPPORTED_VERSIONS, MessageHeader, PartialHeader
@@ -53,7 +58,8 @@ _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class AckCode(StrEnum):
-    """HL7 table 0008: original mode (A*) and enhanced-mode accept acknowledgments (C*)."""
+    """HL7 table 0008: application acknowledgments (A*) and enhanced-mode accept
+    acknowledgments (C*)."""
 
     APPLICATION_ACCEPT = "AA"
     APPLICATION_ERROR = "AE"
@@ -69,48 +75,71 @@ class Outcome(Enum):
     REJECT = "reject"  # AR / CR: see the module docstring
 
 
-@dataclass(slots=True, frozen=True)
-class AckDecision:
-    code: AckCode
-    send: bool
-
-
-_ORIGINAL_MODE = {
-    Outcome.ACCEPTED: AckDecision(AckCode.APPLICATION_ACCEPT, send=True),
-    Outcome.ERROR: AckDecision(AckCode.APPLICATION_ERROR, send=True),
-    Outcome.REJECT: AckDecision(AckCode.APPLICATION_REJECT, send=True),
+_APPLICATION_CODES = {
+    Outcome.ACCEPTED: AckCode.APPLICATION_ACCEPT,
+    Outcome.ERROR: AckCode.APPLICATION_ERROR,
+    Outcome.REJECT: AckCode.APPLICATION_REJECT,
 }
-_ENHANCED_CODES = {
+_ACCEPT_CODES = {
     Outcome.ACCEPTED: AckCode.COMMIT_ACCEPT,
     Outcome.ERROR: AckCode.COMMIT_ERROR,
     Outcome.REJECT: AckCode.COMMIT_REJECT,
 }
-# MSH-15 (HL7 table 0155) -> the outcomes for which an accept acknowledgment is sent.
-_ACCEPT_ACK_CONDITIONS = {
+# HL7 table 0155 (MSH-15 and MSH-16) -> the outcomes for which that acknowledgment is sent.
+# In enhanced mode an empty field asks for nothing, like NE.
+_CONDITIONS = {
     "AL": frozenset(Outcome),
     "NE": frozenset(),
     "ER": frozenset((Outcome.ERROR, Outcome.REJECT)),
     "SU": frozenset((Outcome.ACCEPTED,)),
+    "": frozenset(),
 }
-# Precomputed so that a decision costs two dict lookups.
+
+
+def _enhanced(accept: str, application: str, outcome: Outcome) -> tuple[AckCode, ...]:
+    codes: list[AckCode] = []
+    if outcome in _CONDITIONS[accept]:
+        codes.append(_ACCEPT_CODES[outcome])
+        if outcome is not Outcome.ACCEPTED:
+            # Not committed, so the application never sees it: CE/CR is the final answer.
+            return tuple(codes)
+    if outcome in _CONDITIONS[application]:
+        codes.append(_APPLICATION_CODES[outcome])
+    return tuple(codes)
+
+
+# Precomputed so that a decision costs one dict lookup; ("", "") is original mode.
 _ENHANCED_MODE = {
-    (condition, outcome): AckDecision(_ENHANCED_CODES[outcome], send=outcome in outcomes)
-    for condition, outcomes in _ACCEPT_ACK_CONDITIONS.items()
+    (accept, application, outcome): _enhanced(accept, application, outcome)
+    for accept in _CONDITIONS
+    for application in _CONDITIONS
     for outcome in Outcome
+    if accept or application
 }
 
 
-def ack_for(header: AckHeader, outcome: Outcome) -> AckDecision:
-    """Which code to answer with, and whether to answer at all.
+def ack_codes(header: AckHeader, outcome: Outcome) -> tuple[AckCode, ...]:
+    """The acknowledgments to send, in order: none, one or two codes.
 
-    An MSH-15 from table 0155 selects enhanced mode: an accept acknowledgment (CA/CE/CR), sent
-    for AL always, NE never, ER on CE/CR only, SU on CA only. An empty MSH-15 is original mode
-    (AA/AE/AR, always sent); so is a value outside table 0155: a sender left without an answer
-    resends or stalls, while an answer it did not expect is harmless.
+    Laneway accepts (commits) a message and hands it to its application in the same step, the
+    durable ingress write, so both acknowledgments report that one outcome:
+
+    - Original mode (MSH-15 and MSH-16 both empty): one AA/AE/AR, always.
+    - Enhanced mode (either set, from table 0155): first the accept acknowledgment CA/CE/CR
+      when MSH-15 asks for it (AL always, NE never, ER on CE/CR, SU on CA), then the
+      application acknowledgment AA/AE/AR when MSH-16 asks for it (same table). An empty field
+      next to a set one asks for nothing. A refused message whose CE/CR is sent gets no
+      application acknowledgment: it never reached the application.
+    - A value outside table 0155 in either field: original mode. A sender left without an
+      answer resends or stalls, while an answer it did not expect is harmless.
     """
-    condition = header.accept_ack_type.strip().upper()
-    decision = _ENHANCED_MODE.get((condition, outcome))
-    return decision if decision is not None else _ORIGINAL_MODE[outcome]
+    key = (
+        header.accept_ack_type.strip().upper(),
+        header.application_ack_type.strip().upper(),
+        outcome,
+    )
+    codes = _ENHANCED_MODE.get(key)
+    return codes if codes is not None else (_APPLICATION_CODES[outcome],)
 
 
 class ErrorCondition(Enum):
@@ -216,15 +245,32 @@ BROKER_FAILURE = AckError(
     "Message store (Kafka) unavailable, resend later",
     Outcome.REJECT,
 )
-# 104 "Value too long" would fit better but only exists from 2.7.
-MESSAGE_TOO_LARGE = AckError(
-    ErrorCondition.APPLICATION_INTERNAL_ERROR, "Message exceeds the size limit", Outcome.REJECT
+MIXED_SENDERS = AckError(
+    ErrorCondition.UNKNOWN_KEY_IDENTIFIER,
+    "Messages of one frame from different senders; none accepted",
+    Outcome.REJECT,
+)
+AN_EARLIER_MESSAGE_WAS_REFUSED = AckError(
+    ErrorCondition.APPLICATION_RECORD_LOCKED,
+    "An earlier message of this frame was refused; resend from it",
+    Outcome.REJECT,
 )
 RATE_CEILING = AckError(
     ErrorCondition.APPLICATION_RECORD_LOCKED,
     "Sender above its rate ceiling, retry later",
     Outcome.REJECT,
 )
+
+
+@lru_cache(maxsize=16)
+def message_too_large(limit_bytes: int, what: str = "Message") -> AckError:
+    """An error (AE, not AR: resending the same bytes can never succeed) naming the limit.
+
+    104 "Value too long" would fit better but only exists from 2.7.
+    """
+    return AckError(
+        ErrorCondition.APPLICATION_INTERNAL_ERROR, f"{what} exceeds the {limit_bytes}-byte limit"
+    )
 
 
 def error_for(error: Hl7Error) -> AckError:
@@ -361,13 +407,22 @@ def build_ack(
     return f"{ack}\r".encode(codec or "utf-8")
 
 
+class Acknowledgment(NamedTuple):
+    code: AckCode
+    payload: bytes  # the ACK message, not MLLP-framed
+
+
 def acknowledge(
-    header: AckHeader, error: AckError | None, *, control_id: str, now: datetime
-) -> bytes | None:
-    """The ACK to send for a message that was accepted (`error` None) or not, None when the
-    sender's MSH-15 asks for no acknowledgment in this case.
+    header: AckHeader, error: AckError | None, *, control_ids: Iterator[str], now: datetime
+) -> list[Acknowledgment]:
+    """The ACKs to send, in order, for a message that was accepted (`error` None) or not: none,
+    one or two (see `ack_codes`). Each takes the next of `control_ids` as its MSH-10.
     """
-    decision = ack_for(header, Outcome.ACCEPTED if error is None else error.outcome)
-    if not decision.send:
-        return None
-    return build_ack(header, decision.code, error=error, control_id=control_id, now=now)
+    codes = ack_codes(header, Outcome.ACCEPTED if error is None else error.outcome)
+    return [
+        Acknowledgment(
+            code,
+            build_ack(header, code, error=error, control_id=next(control_ids), now=now),
+        )
+        for code in codes
+    ]

@@ -168,6 +168,7 @@ class PartialHeader:
     processing_id: str = ""  # MSH-11.1
     version: str = ""  # MSH-12.1, possibly unsupported
     accept_ack_type: str = ""  # MSH-15
+    application_ack_type: str = ""  # MSH-16
     character_set: str = ""  # MSH-18, first repetition
 
 
@@ -281,6 +282,7 @@ def read_header_lenient(raw: bytes) -> PartialHeader:
         processing_id=reader.scalar(fields, 11),
         version=reader.scalar(fields, 12),
         accept_ack_type=reader.scalar(fields, 15),
+        application_ack_type=reader.scalar(fields, 16),
         character_set=msh.character_set,
     )
 

@@ -37,21 +37,23 @@ from streams.hl7 import (
     read_header_lenient,
 )
 from streams.hl7.ack import (
+    AN_EARLIER_MESSAGE_WAS_REFUSED,
     BROKER_FAILURE,
     FALLBACK_VERSION,
-    MESSAGE_TOO_LARGE,
+    MIXED_SENDERS,
+    RATE_CEILING,
     SENDER_PAUSED,
     UNKNOWN_SENDER,
     AckCode,
-    AckDecision,
     AckError,
     ErrorCondition,
     ErrorLocation,
     Outcome,
-    ack_for,
+    ack_codes,
     acknowledge,
     build_ack,
     error_for,
+    message_too_large,
 )
 from streams.hl7.synthetic import ALTERNATIVE_DELIMITERS, MALFORMED_KINDS, malformed
 
@@ -77,7 +79,14 @@ _HL7_ERROR_CODES = (
     "bad_segment",
     "batch_malformed",
 )
-REJECTIONS = (UNKNOWN_SENDER, SENDER_PAUSED, BROKER_FAILURE, MESSAGE_TOO_LARGE)
+REJECTIONS = (
+    UNKNOWN_SENDER,
+    SENDER_PAUSED,
+    BROKER_FAILURE,
+    RATE_CEILING,
+    MIXED_SENDERS,
+    AN_EARLIER_MESSAGE_WAS_REFUSED,
+)
 ALL_ERRORS = [*(error_for(Hl7Error(code)) for code in _HL7_ERROR_CODES), *REJECTIONS]
 
 
@@ -491,13 +500,26 @@ def test_error_for_maps_laneway_codes_to_table_0357(
         (UNKNOWN_SENDER, ErrorCondition.UNKNOWN_KEY_IDENTIFIER),
         (SENDER_PAUSED, ErrorCondition.APPLICATION_RECORD_LOCKED),
         (BROKER_FAILURE, ErrorCondition.APPLICATION_INTERNAL_ERROR),
-        (MESSAGE_TOO_LARGE, ErrorCondition.APPLICATION_INTERNAL_ERROR),
+        (MIXED_SENDERS, ErrorCondition.UNKNOWN_KEY_IDENTIFIER),
+        (AN_EARLIER_MESSAGE_WAS_REFUSED, ErrorCondition.APPLICATION_RECORD_LOCKED),
     ],
 )
 def test_rejections_are_rejects_with_their_table_0357_code(
     error: AckError, condition: ErrorCondition
 ) -> None:
     assert (error.condition, error.outcome) == (condition, Outcome.REJECT)
+
+
+def test_a_message_too_large_is_an_error_naming_the_limit_not_a_reject() -> None:
+    # AR would make the sender resend the same bytes forever.
+    error = message_too_large(4_194_304)
+
+    assert error.outcome is Outcome.ERROR
+    assert "4194304-byte limit" in error.message
+    ack = build_ack(
+        _header(), AckCode.APPLICATION_ERROR, error=error, control_id=ACK_CONTROL_ID, now=NOW
+    )
+    assert b"ERR|" in ack and b"4194304-byte limit" in ack
 
 
 def test_error_texts_fit_msa_3_and_are_fixed_ascii() -> None:
@@ -519,71 +541,118 @@ AA, AE, AR = AckCode.APPLICATION_ACCEPT, AckCode.APPLICATION_ERROR, AckCode.APPL
 CA, CE, CR = AckCode.COMMIT_ACCEPT, AckCode.COMMIT_ERROR, AckCode.COMMIT_REJECT
 ACCEPTED, ERROR, REJECT = Outcome.ACCEPTED, Outcome.ERROR, Outcome.REJECT
 
-# MSH-15 x outcome -> (code, send), written out from the standard rather than derived.
-DECISION_TABLE = {
-    ("", ACCEPTED): (AA, True),
-    ("", ERROR): (AE, True),
-    ("", REJECT): (AR, True),
-    ("AL", ACCEPTED): (CA, True),
-    ("AL", ERROR): (CE, True),
-    ("AL", REJECT): (CR, True),
-    ("NE", ACCEPTED): (CA, False),
-    ("NE", ERROR): (CE, False),
-    ("NE", REJECT): (CR, False),
-    ("ER", ACCEPTED): (CA, False),
-    ("ER", ERROR): (CE, True),
-    ("ER", REJECT): (CR, True),
-    ("SU", ACCEPTED): (CA, True),
-    ("SU", ERROR): (CE, False),
-    ("SU", REJECT): (CR, False),
+# Which ACKs, in order, for MSH-15 x MSH-16 x outcome; written out from the standard (HL7 v2
+# chapter 2, enhanced acknowledgment mode) rather than derived. Both fields empty: original mode.
+# In enhanced mode an empty field asks for nothing; a CE/CR ends the exchange (the message was
+# not committed, so no application acknowledgment can follow).
+MODES = ("", "AL", "NE", "ER", "SU")
+_ORIGINAL = {ACCEPTED: (AA,), ERROR: (AE,), REJECT: (AR,)}
+# MSH-15 -> outcome -> accept acknowledgment codes.
+_ACCEPT = {
+    "": {ACCEPTED: (), ERROR: (), REJECT: ()},
+    "AL": {ACCEPTED: (CA,), ERROR: (CE,), REJECT: (CR,)},
+    "NE": {ACCEPTED: (), ERROR: (), REJECT: ()},
+    "ER": {ACCEPTED: (), ERROR: (CE,), REJECT: (CR,)},
+    "SU": {ACCEPTED: (CA,), ERROR: (), REJECT: ()},
+}
+# MSH-16 -> outcome -> application acknowledgment codes (when no CE/CR was sent).
+_APPLICATION = {
+    "": {ACCEPTED: (), ERROR: (), REJECT: ()},
+    "AL": {ACCEPTED: (AA,), ERROR: (AE,), REJECT: (AR,)},
+    "NE": {ACCEPTED: (), ERROR: (), REJECT: ()},
+    "ER": {ACCEPTED: (), ERROR: (AE,), REJECT: (AR,)},
+    "SU": {ACCEPTED: (AA,), ERROR: (), REJECT: ()},
+}
+# Spot checks of the table below against the cases the issue names.
+SPOT_CHECKS = {
+    ("NE", "AL", ACCEPTED): (AA,),  # IHE lab profiles
+    ("ER", "AL", ACCEPTED): (AA,),  # immunization VXU
+    ("ER", "AL", ERROR): (CE,),
+    ("AL", "AL", ACCEPTED): (CA, AA),
+    ("AL", "AL", REJECT): (CR,),
+    ("SU", "AL", REJECT): (AR,),
+    ("NE", "NE", ACCEPTED): (),
+    ("NE", "SU", ERROR): (),
+    ("", "", REJECT): (AR,),
+    ("AL", "", ACCEPTED): (CA,),
+    ("", "ER", ERROR): (AE,),
 }
 
 
-def test_decision_table_covers_every_accept_ack_type_and_outcome() -> None:
-    assert set(DECISION_TABLE) == {
-        (mode, outcome) for mode in ("", "AL", "NE", "ER", "SU") for outcome in Outcome
-    }
+def _expected(accept: str, application: str, outcome: Outcome) -> tuple[AckCode, ...]:
+    if not accept and not application:
+        return _ORIGINAL[outcome]
+    first = _ACCEPT[accept][outcome]
+    if first and outcome is not ACCEPTED:
+        return first
+    return first + _APPLICATION[application][outcome]
 
 
-@pytest.mark.parametrize(("mode", "outcome"), list(DECISION_TABLE))
-def test_ack_for_follows_msh_15(mode: str, outcome: Outcome) -> None:
-    code, send = DECISION_TABLE[(mode, outcome)]
+MATRIX = [
+    (accept, application, outcome)
+    for accept in MODES
+    for application in MODES
+    for outcome in Outcome
+]
 
-    assert ack_for(_header(accept_ack_type=mode), outcome) == AckDecision(code, send)
-    assert ack_for(PartialHeader(accept_ack_type=mode), outcome) == AckDecision(code, send)
+
+@pytest.mark.parametrize("case", list(SPOT_CHECKS))
+def test_the_expected_matrix_agrees_with_the_spot_checks(
+    case: tuple[str, str, Outcome],
+) -> None:
+    assert _expected(*case) == SPOT_CHECKS[case]
 
 
-@pytest.mark.parametrize("mode", ["al", " ER ", "Su"])
-def test_ack_for_reads_msh_15_case_and_space_insensitively(mode: str) -> None:
-    normalized = mode.strip().upper()
+@pytest.mark.parametrize(("accept", "application", "outcome"), MATRIX)
+def test_ack_codes_follow_msh_15_and_msh_16(
+    accept: str, application: str, outcome: Outcome
+) -> None:
+    expected = _expected(accept, application, outcome)
+    fields = {"accept_ack_type": accept, "application_ack_type": application}
+
+    assert ack_codes(_header(**fields), outcome) == expected
+    assert ack_codes(PartialHeader(**fields), outcome) == expected
+
+
+@pytest.mark.parametrize(("accept", "application"), [("al", " Al"), (" ER ", "su"), ("Su", "")])
+def test_ack_codes_read_the_fields_case_and_space_insensitively(
+    accept: str, application: str
+) -> None:
+    normalized = (accept.strip().upper(), application.strip().upper())
     for outcome in Outcome:
-        expected = AckDecision(*DECISION_TABLE[(normalized, outcome)])
-        assert ack_for(_header(accept_ack_type=mode), outcome) == expected
+        header = _header(accept_ack_type=accept, application_ack_type=application)
+        assert ack_codes(header, outcome) == _expected(*normalized, outcome)
 
 
-@pytest.mark.parametrize("mode", ["XX", "A", "ALWAYS"])
-def test_ack_for_treats_a_value_outside_table_0155_as_original_mode(mode: str) -> None:
+@pytest.mark.parametrize(
+    ("accept", "application"), [("XX", ""), ("", "A"), ("ALWAYS", "AL"), ("NE", "NEVER")]
+)
+def test_a_value_outside_table_0155_in_either_field_is_original_mode(
+    accept: str, application: str
+) -> None:
     for outcome in Outcome:
-        expected = AckDecision(*DECISION_TABLE[("", outcome)])
-        assert ack_for(_header(accept_ack_type=mode), outcome) == expected
+        header = _header(accept_ack_type=accept, application_ack_type=application)
+        assert ack_codes(header, outcome) == _ORIGINAL[outcome]
 
 
-@pytest.mark.parametrize(("mode", "outcome"), list(DECISION_TABLE))
-def test_acknowledge_sends_what_ack_for_decides(mode: str, outcome: Outcome) -> None:
-    code, send = DECISION_TABLE[(mode, outcome)]
+@pytest.mark.parametrize(("accept", "application", "outcome"), MATRIX)
+def test_acknowledge_builds_each_decided_ack_in_order(
+    accept: str, application: str, outcome: Outcome
+) -> None:
     error = {ACCEPTED: None, ERROR: error_for(Hl7Error("missing_msh_10")), REJECT: SENDER_PAUSED}[
         outcome
     ]
+    header = _header(accept_ack_type=accept, application_ack_type=application)
+    control_ids = iter(("LW-1", "LW-2", "LW-3"))
 
-    ack = acknowledge(_header(accept_ack_type=mode), error, control_id=ACK_CONTROL_ID, now=NOW)
+    acks = acknowledge(header, error, control_ids=control_ids, now=NOW)
 
-    if not send:
-        assert ack is None
-        return
-    assert ack is not None
-    message = _parse(ack, strict=True)
-    assert _er7(message, "msa.msa_1") == code
-    assert bool(_er7(message, "err.err_3")) == (error is not None)
+    assert [ack.code for ack in acks] == list(_expected(accept, application, outcome))
+    for number, ack in enumerate(acks, start=1):
+        message = _parse(ack.payload, strict=True)
+        assert _er7(message, "msa.msa_1") == ack.code
+        assert _er7(message, "msh.msh_10") == f"LW-{number}"  # each ACK its own control id
+        assert bool(_er7(message, "err.err_3")) == (error is not None)
 
 
 # --- end to end: rejected inbound messages ------------------------------------------------------
@@ -601,11 +670,11 @@ def test_rejected_messages_get_an_ack_echoing_what_was_readable(kind: str) -> No
         else:
             ack_error = None  # bad_segment: only extract() looks at the body
         header = read_header_lenient(payload)
-        header = replace(header, accept_ack_type="")  # original mode: always answered
+        # original mode: always answered
+        header = replace(header, accept_ack_type="", application_ack_type="")
 
-        ack = acknowledge(header, ack_error, control_id=ACK_CONTROL_ID, now=NOW)
+        [(_, ack)] = acknowledge(header, ack_error, control_ids=iter([ACK_CONTROL_ID]), now=NOW)
 
-        assert ack is not None
         message = _parse(ack, strict=False)
         assert _er7(message, "msa.msa_2") == header.control_id
         assert _er7(message, "msh.msh_5") == header.sending_application

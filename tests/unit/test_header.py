@@ -244,6 +244,7 @@ def test_lenient_reads_what_read_header_reads_from_a_valid_message() -> None:
         processing_id="P",
         version="2.5.1",
         accept_ack_type="AL",
+        application_ack_type="NE",
         character_set="UNICODE UTF-8",
     )
 
