@@ -1,8 +1,10 @@
 """Accepting messages from senders (MLLP and HTTP): check, route to a tenant, write durably.
 
 A message is accepted only once Kafka has acknowledged its ingress record with acks=all; only
-then may a sender get AA (or HTTP 202). Header problems are errors (AE), an unknown or paused
-sender or a broker failure is a reject (AR). Message bodies are never logged.
+then may a sender get AA/CA (or HTTP 202). Header problems and a message over
+`max_message_bytes` are errors (AE), an unknown or paused sender or a broker failure is a reject
+(AR). Rate ceilings run on monotonic time. Message bodies are never logged. What a sender gets
+in each case: docs/ingest.md.
 """
 
 from __future__ import annotations
@@ -27,17 +29,22 @@ from agents.producers import RenewingProducer
 from agents.registry import TenantRegistry
 from streams.app import LanewayApp
 from streams.gcra import Gcra, RateTable
-from streams.hl7 import Hl7Error
+from streams.hl7 import Hl7Error, split_batch
 from streams.hl7.ack import (
+    AN_EARLIER_MESSAGE_WAS_REFUSED,
     BROKER_FAILURE,
+    MIXED_SENDERS,
     RATE_CEILING,
     SENDER_PAUSED,
     UNKNOWN_SENDER,
     AckError,
+    Acknowledgment,
     acknowledge,
     error_for,
+    message_too_large,
 )
 from streams.hl7.header import MessageHeader, PartialHeader, read_header, read_header_lenient
+from streams.mllp import OVERSIZE_HEAD_BYTES
 from streams.tenants import TenantRecord
 
 log = logging.getLogger(__name__)
@@ -154,8 +161,26 @@ class IngressWriter(Service):
                 pending.exception()  # retrieved, so asyncio does not warn about it
 
 
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """One message of a frame or body after the checks that need no tenant."""
+
+    raw: bytes
+    header: MessageHeader | PartialHeader
+    error: AckError | None = None
+    reason: str | None = None
+
+
 class Ingest:
-    """The checks and the write shared by the MLLP listener and the HTTP endpoint."""
+    """The checks and the write shared by the MLLP listener and the HTTP endpoint.
+
+    Both hand over a whole frame or body, which is split into messages (`split_batch`) and
+    answered per message, in order:
+    - every message must belong to the same tenant, else none is written;
+    - each accepted message is one ingress record; rate ceilings count messages;
+    - after the first refused message every later one is refused too
+      (`an_earlier_message_was_refused`), so that a resend from there keeps the sender's order.
+    """
 
     def __init__(self, registry: TenantRegistry, writer: IngressWriter) -> None:
         self.registry = registry
@@ -167,50 +192,86 @@ class Ingest:
             settings.default_rate_per_s * self._ceiling_factor,
             max(1, round(settings.default_burst * self._ceiling_factor)),
         )
+        self.max_message_bytes = settings.max_message_bytes
+        self._too_large = message_too_large(settings.max_message_bytes)
         # ACK control ids: unique per process and restart (pid + counter), no coordination.
         self._ack_ids = (f"LW{os.getpid()}-{n}" for n in itertools.count(1))
 
-    async def from_sender(self, raw: bytes, peer: Peer) -> IngestResult:
-        """An MLLP message: the tenant is whoever registered its MSH-3/MSH-4 sender identity."""
+    async def from_sender(self, payload: bytes, peer: Peer) -> list[IngestResult]:
+        """An MLLP frame: the tenant is whoever registered the MSH-3/MSH-4 sender identity of
+        every message in it. Messages from different senders refuse the whole frame."""
         try:
-            header = read_header(raw)
+            messages = [self._check(raw) for raw in split_batch(payload)]
         except Hl7Error as error:
-            return _refused(read_header_lenient(raw), None, error_for(error), error.code)
-        tenant_id = self.registry.directory.resolve_sender(
-            header.sending_application, header.sending_facility, peer
-        )
+            return [_refused(read_header_lenient(payload), None, error_for(error), error.code)]
+        tenant_ids = {self._claimed_by(message.header, peer) for message in messages}
+        if len(tenant_ids) > 1:
+            return [_refused(m.header, None, MIXED_SENDERS, "mixed_senders") for m in messages]
+        [tenant_id] = tenant_ids
         if tenant_id is None:
-            return _refused(header, None, UNKNOWN_SENDER, "unknown_sender")
+            return [
+                _refused(m.header, None, m.error or UNKNOWN_SENDER, m.reason or "unknown_sender")
+                for m in messages
+            ]
         tenant = self.registry.directory.get(tenant_id)
         if tenant is not None and not tenant.paused:
-            # Over the ceiling, MLLP slows the sender: its ACK (and next message) waits.
-            hold = self._ceiling(tenant).admit(time.time())
+            # Over the ceiling, MLLP slows the sender: its ACKs (and next frame) wait.
+            hold = _admit(self._ceiling(tenant), time.monotonic(), len(messages))
             if hold > 0:
                 await asyncio.sleep(min(hold, MAX_ACK_HOLD_S))
-        return await self._write(header, tenant_id, raw)
+        return await self._in_order(messages, tenant_id, ceiling=None)
 
-    async def for_tenant(self, tenant_id: str, raw: bytes) -> IngestResult:
-        """An HTTP message: the authenticated path names the tenant, the header cannot."""
-        try:
-            header = read_header(raw)
-        except Hl7Error as error:
-            return _refused(read_header_lenient(raw), tenant_id, error_for(error), error.code)
-        claimed_by = self.registry.directory.resolve_sender(
-            header.sending_application, header.sending_facility, None
-        )
-        if claimed_by is not None and claimed_by != tenant_id:
-            # A's token must never put a message that claims to be B's into any topic.
-            return _refused(header, tenant_id, UNKNOWN_SENDER, "sender_of_another_tenant")
+    async def for_tenant(self, tenant_id: str, payload: bytes) -> list[IngestResult]:
+        """An HTTP body: the authenticated path names the tenant, no message may claim another.
+
+        Raises `Hl7Error` when the body cannot be split into messages.
+        """
+        messages = [self._check(raw) for raw in split_batch(payload)]
+        claims = [self._claimed_by(message.header, None) for message in messages]
+        if any(claim not in (None, tenant_id) for claim in claims):
+            # A's token must never put a message that claims to be B's into any topic, nor
+            # the rest of a body that tried to.
+            return [
+                _refused(m.header, tenant_id, UNKNOWN_SENDER, "sender_of_another_tenant")
+                if claim not in (None, tenant_id)
+                else _refused(m.header, tenant_id, MIXED_SENDERS, "body_claims_another_tenant")
+                for m, claim in zip(messages, claims, strict=True)
+            ]
         tenant = self.registry.directory.get(tenant_id)
-        if tenant is not None and not tenant.paused:
-            # Over the ceiling, HTTP answers 429 and the sender retries after the delay.
-            ceiling = self._ceiling(tenant)
-            wait = ceiling.delay(time.time())
-            if wait > 0:
-                refused = _refused(header, tenant_id, RATE_CEILING, "rate_ceiling")
-                return dataclasses.replace(refused, retry_after_s=wait)
-            ceiling.admit(time.time())
-        return await self._write(header, tenant_id, raw)
+        # Over the ceiling, HTTP answers 429 and the sender retries after the delay.
+        ceiling = self._ceiling(tenant) if tenant is not None else None
+        return await self._in_order(messages, tenant_id, ceiling=ceiling)
+
+    def _check(self, raw: bytes) -> _Checked:
+        if len(raw) > self.max_message_bytes:
+            # The MSH is at the start: reading the head is enough to answer.
+            header = read_header_lenient(raw[:OVERSIZE_HEAD_BYTES])
+            return _Checked(raw, header, self._too_large, "message_too_large")
+        try:
+            return _Checked(raw, read_header(raw))
+        except Hl7Error as error:
+            return _Checked(raw, read_header_lenient(raw), error_for(error), error.code)
+
+    def _claimed_by(self, header: MessageHeader | PartialHeader, peer: Peer) -> str | None:
+        return self.registry.directory.resolve_sender(
+            header.sending_application, header.sending_facility, peer
+        )
+
+    async def _in_order(
+        self, messages: list[_Checked], tenant_id: str, *, ceiling: Gcra | None
+    ) -> list[IngestResult]:
+        """Write the messages one after another until the first refusal, refuse the rest."""
+        results: list[IngestResult] = []
+        for message in messages:
+            if results and not results[-1].accepted:
+                error, reason = AN_EARLIER_MESSAGE_WAS_REFUSED, "an_earlier_message_was_refused"
+                results.append(_refused(message.header, tenant_id, error, reason))
+            elif message.error is not None:
+                results.append(_refused(message.header, tenant_id, message.error, message.reason))
+            else:
+                assert isinstance(message.header, MessageHeader)  # no error: a full header
+                results.append(await self._write(message.header, tenant_id, message.raw, ceiling))
+        return results
 
     def _ceiling(self, tenant: TenantRecord) -> Gcra:
         limiter = self._ceilings.limiter(tenant.id)
@@ -220,12 +281,20 @@ class Ingest:
             self._ceilings.set_contract(tenant.id, rate, burst)
         return limiter
 
-    async def _write(self, header: MessageHeader, tenant_id: str, raw: bytes) -> IngestResult:
+    async def _write(
+        self, header: MessageHeader, tenant_id: str, raw: bytes, ceiling: Gcra | None
+    ) -> IngestResult:
         tenant = self.registry.directory.get(tenant_id)
         if tenant is None:
             return _refused(header, tenant_id, UNKNOWN_SENDER, "unknown_tenant")
         if tenant.paused:
             return _refused(header, tenant_id, SENDER_PAUSED, "tenant_paused")
+        if ceiling is not None:
+            wait = ceiling.delay(time.monotonic())
+            if wait > 0:
+                refused = _refused(header, tenant_id, RATE_CEILING, "rate_ceiling")
+                return dataclasses.replace(refused, retry_after_s=wait)
+            ceiling.admit(time.monotonic())
         try:
             partition, offset = await self.writer.write(tenant_id, raw)
         except IngestUnavailable as error:
@@ -233,9 +302,20 @@ class Ingest:
             return _refused(header, tenant_id, BROKER_FAILURE, "broker_unavailable")
         return IngestResult(header, tenant_id, partition=partition, offset=offset)
 
-    def ack(self, result: IngestResult, now: datetime) -> bytes | None:
-        """The HL7 ACK for `result`, or None when the sender's MSH-15 asks for none."""
-        return acknowledge(result.header, result.error, control_id=next(self._ack_ids), now=now)
+    def acks(self, result: IngestResult, now: datetime) -> list[Acknowledgment]:
+        """The HL7 ACKs for `result`, in order: none, one or two, as MSH-15/16 ask."""
+        return acknowledge(result.header, result.error, control_ids=self._ack_ids, now=now)
+
+
+def _admit(ceiling: Gcra, now: float, n: int) -> float:
+    """Count `n` messages against `ceiling`; how long to hold them. A GCRA admits at most its
+    burst at once, so a larger frame is counted in bursts: the last one's hold is the frame's."""
+    hold = 0.0
+    while n > 0:
+        chunk = min(n, ceiling.burst)
+        hold = ceiling.admit(now, chunk)
+        n -= chunk
+    return hold
 
 
 def _refused(

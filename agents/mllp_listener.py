@@ -1,17 +1,19 @@
 """The MLLP listener: HL7 v2 senders over TCP, served inside the worker process.
 
 One asyncio task per connection, so hundreds of connections cost no threads. Bytes go through
-`MllpDecoder`; every complete frame goes to `Ingest.from_sender`, which makes all the HL7
-decisions (header checks, sender -> tenant, paused, the durable acks=all write, AA/AE/AR and
-MSH-15), and the connection answers with whatever `Ingest.ack` returns.
+`MllpDecoder`; every complete frame goes to `Ingest.from_sender`, which splits it into messages
+and makes all the HL7 decisions (header checks, sender -> tenant, paused, size, the durable
+acks=all write per message), and the connection answers each message with whatever
+`Ingest.acks` returns for it (none, one or two ACKs, as MSH-15/16 ask).
 
 A connection handles its frames strictly one after another: the next frame is not looked at
-before the previous frame's ACK is written. ACKs therefore come back in order, and a sender's
+before the previous frame's ACKs are written. ACKs therefore come back in order, and a sender's
 messages reach ingress in the order it sent them.
 
 Protocol problems, per connection:
-- an oversize frame is refused (MESSAGE_TOO_LARGE, echoing what the frame's first bytes tell
-  of its MSH) and the connection is closed once the sender has finished writing the frame;
+- a frame over `frame_limit` is refused with AE naming the limit in bytes (echoing what the
+  frame's first bytes tell of its MSH) and the connection is closed once the sender has
+  finished writing the frame;
 - bytes outside frames are skipped with a warning;
 - broken framing (a VT inside a frame) closes the connection: the sender lost track of the
   framing, so nothing it sends next can be trusted to be whole;
@@ -37,9 +39,10 @@ from mode import Service
 from agents.ingest import Ingest, IngestResult, Peer
 from agents.registry import TenantRegistry
 from streams.app import LanewayApp
-from streams.hl7.ack import MESSAGE_TOO_LARGE, Outcome, ack_for
+from streams.hl7.ack import message_too_large
 from streams.hl7.header import read_header_lenient
 from streams.mllp import Frame, FramingError, FramingErrorKind, MllpDecoder, frame
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +64,16 @@ class MllpCounters:
     connections_total: int = 0
     frames: int = 0
     acks: Counter[str] = field(default_factory=Counter)  # by MSA-1 code
-    acks_withheld: int = 0  # MSH-15 asked for no ACK
+    acks_withheld: int = 0  # messages MSH-15/16 asked no ACK for
     framing_errors: Counter[str] = field(default_factory=Counter)  # by FramingErrorKind
     stalled_closed: int = 0  # closed for no progress within the idle timeout
     connection_failures: int = 0  # closed by an unexpected error
+
+
+def frame_limit(settings: Settings) -> int:
+    """The largest MLLP frame read: a frame must be able to carry one message of the size
+    contract (`max_message_bytes`), whatever `mllp_max_frame_bytes` says."""
+    return max(settings.mllp_max_frame_bytes, settings.max_message_bytes)
 
 
 class _Stalled(Exception):
@@ -142,14 +151,13 @@ class MllpListener(Service):
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer
     ) -> None:
         """Read, decode and answer until the sender closes or a framing error ends it."""
-        settings = self.app.laneway
-        decoder = MllpDecoder(settings.mllp_max_frame_bytes)
+        decoder = MllpDecoder(frame_limit(self.app.laneway))
         while data := await self._read(reader):
             for event in decoder.feed(data):
                 if isinstance(event, Frame):
                     self.counters.frames += 1
-                    result = await self.ingest.from_sender(event.payload, peer)
-                    await self._answer(result, writer)
+                    for result in await self.ingest.from_sender(event.payload, peer):
+                        await self._answer(result, writer)
                 elif not await self._keep_going_after(event, reader, writer, peer):
                     return
 
@@ -168,9 +176,8 @@ class MllpListener(Service):
         if error.kind is FramingErrorKind.OVERSIZE:
             log.warning("MLLP sender %s: frame over the size limit, refused", peer)
             header = read_header_lenient(error.head)
-            refusal = IngestResult(
-                header, None, error=MESSAGE_TOO_LARGE, reason="message_too_large"
-            )
+            too_large = message_too_large(frame_limit(self.app.laneway), "Frame")
+            refusal = IngestResult(header, None, error=too_large, reason="message_too_large")
             await self._answer(refusal, writer)
             await self._linger(reader, writer)
             return False
@@ -178,13 +185,13 @@ class MllpListener(Service):
         return False
 
     async def _answer(self, result: IngestResult, writer: asyncio.StreamWriter) -> None:
-        ack = self.ingest.ack(result, datetime.now(UTC))
-        if ack is None:
+        acks = self.ingest.acks(result, datetime.now(UTC))
+        if not acks:
             self.counters.acks_withheld += 1
             return
-        outcome = Outcome.ACCEPTED if result.error is None else result.error.outcome
-        self.counters.acks[ack_for(result.header, outcome).code] += 1
-        writer.write(frame(ack))
+        for ack in acks:
+            self.counters.acks[ack.code] += 1
+            writer.write(frame(ack.payload))
         try:
             async with asyncio.timeout(self.app.laneway.mllp_idle_timeout_s):
                 await writer.drain()  # a sender that never reads its ACKs must not pile them up
