@@ -31,7 +31,8 @@ ACK_TIMEOUT_S = 15.0
 ARRIVAL_TIMEOUT_S = 60.0
 READ_BYTES = 64 * 1024
 REFUSALS = frozenset(("AE", "AR"))
-# The session worker keeps the default frame limit (4 MiB).
+# The session worker keeps the default size contract and frame limit (4 MiB each).
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 OVERSIZE_FRAME_BYTES = 10 * 1024 * 1024
 
 
@@ -56,6 +57,7 @@ def message(
     *,
     version: str = "2.5",
     accept_ack: str = "",
+    application_ack: str = "",
     message_type: str = "ADT^A01^ADT_A01",
     encoding_characters: str = "^~\\&",
 ) -> bytes:
@@ -76,6 +78,7 @@ def message(
         "",
         "",
         accept_ack,
+        application_ack,
     ]
     segments = [
         "|".join(msh),
@@ -479,13 +482,15 @@ async def frame_without_msh_gets_ae(port: int, sender: Sender) -> None:
 
 
 async def oversize_frame_is_refused_and_closed(port: int, sender: Sender) -> None:
-    """AR echoing the frame's MSH-10, then the listener closes the connection."""
+    """AE (never AR: a resend cannot succeed) echoing the frame's MSH-10, with an ERR naming
+    the limit in bytes, then the listener closes the connection."""
     head = message(sender, "HUGE-1")
     body = b"OBX|1|TX|NOTE||" + b"X" * OVERSIZE_FRAME_BYTES + b"\r"
     async with connection(port) as client:
         await client.send(head + body)
         answers = await client.acks_until_closed()
-    assert [(ack.code, ack.acked_id) for ack in answers] == [("AR", "HUGE-1")]
+    assert [(ack.code, ack.acked_id, ack.has_err) for ack in answers] == [("AE", "HUGE-1", True)]
+    assert f"exceeds the {DEFAULT_MAX_MESSAGE_BYTES}-byte limit" in answers[0].msa[3]
 
 
 def random_byte_string(rng: random.Random) -> bytes:
