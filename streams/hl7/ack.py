@@ -86,7 +86,7 @@ _ACCEPT_CODES = {
     Outcome.REJECT: AckCode.COMMIT_REJECT,
 }
 # HL7 table 0155 (MSH-15 and MSH-16) -> the outcomes for which that acknowledgment is sent.
-# In enhanced mode an empty field asks for nothing, like NE.
+# In enhanced mode an empty MSH-16 asks for nothing, like NE.
 _CONDITIONS = {
     "AL": frozenset(Outcome),
     "NE": frozenset(),
@@ -108,13 +108,13 @@ def _enhanced(accept: str, application: str, outcome: Outcome) -> tuple[AckCode,
     return tuple(codes)
 
 
-# Precomputed so that a decision costs one dict lookup; ("", "") is original mode.
+# Precomputed so that a decision costs one dict lookup. An empty MSH-15 is original mode.
 _ENHANCED_MODE = {
     (accept, application, outcome): _enhanced(accept, application, outcome)
     for accept in _CONDITIONS
+    if accept
     for application in _CONDITIONS
     for outcome in Outcome
-    if accept or application
 }
 
 
@@ -124,12 +124,14 @@ def ack_codes(header: AckHeader, outcome: Outcome) -> tuple[AckCode, ...]:
     Laneway accepts (commits) a message and hands it to its application in the same step, the
     durable ingress write, so both acknowledgments report that one outcome:
 
-    - Original mode (MSH-15 and MSH-16 both empty): one AA/AE/AR, always.
-    - Enhanced mode (either set, from table 0155): first the accept acknowledgment CA/CE/CR
-      when MSH-15 asks for it (AL always, NE never, ER on CE/CR, SU on CA), then the
-      application acknowledgment AA/AE/AR when MSH-16 asks for it (same table). An empty field
-      next to a set one asks for nothing. A refused message whose CE/CR is sent gets no
-      application acknowledgment: it never reached the application.
+    - Original mode (MSH-15 empty): one AA/AE/AR, always, whatever MSH-16 says. The standard
+      requires MSH-15 for enhanced mode, and senders that leave it empty and set MSH-16 (often
+      NE) expect an answer; original mode answers everything MSH-16 can ask for.
+    - Enhanced mode (MSH-15 from table 0155): first the accept acknowledgment CA/CE/CR when
+      MSH-15 asks for it (AL always, NE never, ER on CE/CR, SU on CA), then the application
+      acknowledgment AA/AE/AR when MSH-16 asks for it (same table; empty asks for nothing). A
+      refused message whose CE/CR is sent gets no application acknowledgment: it never
+      reached the application.
     - A value outside table 0155 in either field: original mode. A sender left without an
       answer resends or stalls, while an answer it did not expect is harmless.
     """
