@@ -16,6 +16,7 @@ from typing import cast
 import pytest
 
 from agents.ingest import Ingest, IngestResult, IngestUnavailable, IngressWriter
+from agents.mllp_listener import frame_limit
 from agents.registry import TenantRegistry
 from streams.hl7 import Hl7Error
 from streams.settings import Settings
@@ -212,3 +213,15 @@ async def test_an_http_body_that_cannot_be_split_raises() -> None:
 
     with pytest.raises(Hl7Error):
         await ingest.for_tenant("alpha", b"PID|1\r")
+
+
+@pytest.mark.parametrize(
+    ("frame_bytes", "message_bytes", "expected"),
+    [(8 << 20, 4 << 20, 8 << 20), (1 << 20, 4 << 20, 4 << 20), (4 << 20, 4 << 20, 4 << 20)],
+)
+def test_the_mllp_frame_limit_always_carries_one_message_of_the_contract(
+    frame_bytes: int, message_bytes: int, expected: int
+) -> None:
+    settings = Settings(mllp_max_frame_bytes=frame_bytes, max_message_bytes=message_bytes)
+
+    assert frame_limit(settings) == expected
