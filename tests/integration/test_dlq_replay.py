@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata
 
 from agents.dlq_replay import PendingWrite, ReplayPosition
@@ -26,6 +27,7 @@ from streams.processing import guess_control_id
 from streams.topics import TopicNames
 from tests.integration.kafka_helpers import Api, consume_until
 from tests.integration.quiet_tenant import quiet_tenant
+from tests.integration.test_no_mirroring import read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -42,6 +44,13 @@ def topics(worker_env: dict) -> TopicNames:
 def ingress(worker_env: dict, topics: TopicNames) -> list[TopicPartition]:
     partitions = range(int(worker_env["LANEWAY_INGRESS_PARTITIONS"]))
     return [TopicPartition(topics.ingress, partition) for partition in partitions]
+
+
+@pytest.fixture
+async def tenant(api: Api, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """A fresh tenant (with its token) named after the test."""
+    name = request.node.originalname.removeprefix("test_")[:40].replace("_", "-")
+    return await api.onboard(f"{name}-{uuid.uuid4().hex[:8]}")
 
 
 async def park(
@@ -75,25 +84,18 @@ async def park(
 
 
 async def ingress_copies(
-    bootstrap: str, partitions: list[TopicPartition], tenant_id: str, originals: list[bytes]
+    bootstrap: str,
+    admin: AIOKafkaAdminClient,
+    topics: TopicNames,
+    tenant_id: str,
+    originals: list[bytes],
 ) -> list[int]:
     """How many times each original is in ingress under the tenant's key, read to the end."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        found: Counter[bytes] = Counter()
-        key = tenant_id.encode()
-        deadline = time.monotonic() + ARRIVAL_TIMEOUT_S
-        while any([await consumer.position(tp) < ends[tp] for tp in partitions]):
-            assert time.monotonic() < deadline, "ingress could not be read to its end"
-            for tp, records in (await consumer.getmany(timeout_ms=500)).items():
-                found.update(r.value for r in records if r.key == key and r.offset < ends[tp])
-        return [found[original] for original in originals]
-    finally:
-        await consumer.stop()
+    key = tenant_id.encode()
+    found = Counter(
+        r.value for r in await read_topic(bootstrap, admin, topics.ingress) if r.key == key
+    )
+    return [found[original] for original in originals]
 
 
 async def arrived_once(
@@ -120,9 +122,9 @@ async def test_two_concurrent_replays_one_is_refused_each_original_written_once(
     producer: AIOKafkaProducer,
     bootstrap: str,
     topics: TopicNames,
-    ingress: list[TopicPartition],
+    admin: AIOKafkaAdminClient,
+    tenant: dict[str, Any],
 ) -> None:
-    tenant = await api.onboard(f"concurrent-{uuid.uuid4().hex[:8]}")
     now_ms = int(time.time() * 1000)
     # Enough records that the first replay still runs when the second request arrives.
     originals = await park(producer, topics, tenant["id"], [("bad_segment", now_ms)] * 40)
@@ -139,7 +141,7 @@ async def test_two_concurrent_replays_one_is_refused_each_original_written_once(
     assert refused["error"] == "replay_running"
     assert done["replayed"] == 40
     assert (again_status, again["replayed"], again["already_replayed"]) == (200, 0, 0)
-    assert await ingress_copies(bootstrap, ingress, tenant["id"], originals) == [1] * 40
+    assert await ingress_copies(bootstrap, admin, topics, tenant["id"], originals) == [1] * 40
 
 
 async def test_filters_select_by_reason_and_parked_time_and_each_is_written_once(
@@ -147,9 +149,9 @@ async def test_filters_select_by_reason_and_parked_time_and_each_is_written_once
     producer: AIOKafkaProducer,
     bootstrap: str,
     topics: TopicNames,
-    ingress: list[TopicPartition],
+    admin: AIOKafkaAdminClient,
+    tenant: dict[str, Any],
 ) -> None:
-    tenant = await api.onboard(f"filtered-{uuid.uuid4().hex[:8]}")
     now_ms = int(time.time() * 1000)
     parked = [
         ("bad_segment", now_ms - 3 * HOUR_MS),
@@ -168,11 +170,11 @@ async def test_filters_select_by_reason_and_parked_time_and_each_is_written_once
 
     async with quiet_tenant(api, bootstrap, topics):
         by_reason = await replay(api, tenant["id"], "?reason=bad_segment")
-        after_reason = await ingress_copies(bootstrap, ingress, tenant["id"], originals)
+        after_reason = await ingress_copies(bootstrap, admin, topics, tenant["id"], originals)
         by_time = await replay(
             api, tenant["id"], f"?since={two_and_a_half_hours_ago}&until={half_an_hour_ago}"
         )
-        after_time = await ingress_copies(bootstrap, ingress, tenant["id"], originals)
+        after_time = await ingress_copies(bootstrap, admin, topics, tenant["id"], originals)
         both = await replay(api, tenant["id"], "?reason=missing_msh_10,no_msh&reason=x")
         rest = await replay(api, tenant["id"])
         bad_query = await replay(api, tenant["id"], "?since=yesterday")
@@ -187,7 +189,7 @@ async def test_filters_select_by_reason_and_parked_time_and_each_is_written_once
     assert both[1]["replayed"] == 1, both
     assert (rest[1]["replayed"], rest[1]["already_replayed"]) == (0, 0), rest
     assert bad_query[0] == 400 and bad_query[1]["error"] == "invalid_query"
-    assert await ingress_copies(bootstrap, ingress, tenant["id"], originals) == [1] * 5
+    assert await ingress_copies(bootstrap, admin, topics, tenant["id"], originals) == [1] * 5
 
 
 @pytest.mark.parametrize("written_before_the_crash", [True, False])
@@ -198,9 +200,10 @@ async def test_a_replay_that_failed_midway_resumes_after_the_last_written_record
     topics: TopicNames,
     worker_env: dict,
     ingress: list[TopicPartition],
+    admin: AIOKafkaAdminClient,
+    tenant: dict[str, Any],
     written_before_the_crash: bool,
 ) -> None:
-    tenant = await api.onboard(f"resumed-{uuid.uuid4().hex[:8]}")
     now_ms = int(time.time() * 1000)
     originals = await park(producer, topics, tenant["id"], [("bad_segment", now_ms)] * 4)
     # The state a replay leaves when it dies while writing record 1: record 0 is back in ingress,
@@ -220,7 +223,7 @@ async def test_a_replay_that_failed_midway_resumes_after_the_last_written_record
     assert status == 200
     assert resumed["replayed"] == (2 if written_before_the_crash else 3), resumed
     assert (again_status, again["replayed"]) == (200, 0)
-    assert await ingress_copies(bootstrap, ingress, tenant["id"], originals) == [1] * 4
+    assert await ingress_copies(bootstrap, admin, topics, tenant["id"], originals) == [1] * 4
 
 
 async def ingress_ends(bootstrap: str, partitions: list[TopicPartition]) -> dict[int, int]:
