@@ -207,6 +207,7 @@ class DlqReplay:
             auto_offset_reset="earliest",
         )
         self.admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        self._ingress: list[TopicPartition] = []
 
     async def run(self) -> dict[str, int]:
         await self.consumer.start()
@@ -273,10 +274,11 @@ class DlqReplay:
         return settled
 
     async def _ingress_ends(self) -> dict[int, int]:
-        ingress = self.app.topic_names.ingress
-        [topic] = await self.admin.describe_topics([ingress])
-        partitions = [TopicPartition(ingress, p["partition"]) for p in topic["partitions"]]
-        ends = await self.consumer.end_offsets(partitions)
+        if not self._ingress:  # once per run: the write of every record needs the ends
+            ingress = self.app.topic_names.ingress
+            [topic] = await self.admin.describe_topics([ingress])
+            self._ingress = [TopicPartition(ingress, p["partition"]) for p in topic["partitions"]]
+        ends = await self.consumer.end_offsets(self._ingress)
         return {tp.partition: offset for tp, offset in ends.items()}
 
     async def _in_ingress(self, original: bytes, ends_before: Mapping[int, int]) -> bool:
