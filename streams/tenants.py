@@ -308,12 +308,16 @@ class SenderIndex:
       case could merge two distinct senders.
     """
 
-    __slots__ = ("_claims", "_keys_by_tenant")
+    __slots__ = ("_claims", "_keys_by_tenant", "_keys_of_value")
 
     def __init__(self) -> None:
         # Nearly every key has exactly one claim; a tuple keeps that case small.
         self._claims: dict[_SenderKey, tuple[_Claim, ...]] = {}
         self._keys_by_tenant: dict[str, tuple[_SenderKey, ...]] = {}
+        # For `conflicts`: the claimed keys by (position, value); position 0 is the application,
+        # 1 the facility, and value "" gathers the wildcards (all facility-only keys are under
+        # (0, ""), all application-only ones under (1, "")).
+        self._keys_of_value: dict[tuple[int, str], set[_SenderKey]] = {}
 
     def __len__(self) -> int:
         return len(self._claims)
@@ -332,17 +336,31 @@ class SenderIndex:
     def conflicts(self, tenant_id: str, senders: Iterable[SenderIdentity]) -> list[SenderConflict]:
         """Each pair of an identity in `senders` and an overlapping one of another tenant.
 
-        Scans every claim: this runs once per onboarding or PATCH, not per message, and an
-        application-only identity overlaps every facility-only one, which no key lookup finds.
+        A pair looks up three keys; an application-only identity is compared with every
+        facility-only one (and the other way round), since those overlap whatever their values.
         """
-        wanted = list(senders)
         return [
             SenderConflict(sender, owner, claimed)
-            for sender in wanted
-            for claims in self._claims.values()
-            for owner, claimed in claims
+            for sender in senders
+            for key in sorted(self._candidate_keys(sender))
+            for owner, claimed in self._claims[key]
             if owner != tenant_id and identities_overlap(sender, claimed)
         ]
+
+    def _candidate_keys(self, sender: SenderIdentity) -> set[_SenderKey]:
+        """The claimed keys whose values can share a message with `sender` (networks aside)."""
+        application, facility = sender.key
+        if application and facility:
+            keys = ((application, facility), (application, ""), ("", facility))
+            return {key for key in keys if key in self._claims}
+        empty: set[_SenderKey] = set()
+        if application:  # any facility: its own application's keys and every facility-only one
+            return self._keys_of_value.get((0, application), empty) | self._keys_of_value.get(
+                (0, ""), empty
+            )
+        return self._keys_of_value.get((1, facility), empty) | self._keys_of_value.get(
+            (1, ""), empty
+        )
 
     def put(self, tenant_id: str, senders: Sequence[SenderIdentity]) -> None:
         """Make `senders` the tenant's complete set of identities (stale keys are dropped)."""
@@ -351,6 +369,8 @@ class SenderIndex:
             return
         for sender in senders:
             self._claims[sender.key] = (*self._claims.get(sender.key, ()), (tenant_id, sender))
+            for position, value in enumerate(sender.key):
+                self._keys_of_value.setdefault((position, value), set()).add(sender.key)
         self._keys_by_tenant[tenant_id] = tuple(sender.key for sender in senders)
 
     def remove(self, tenant_id: str) -> None:
@@ -358,8 +378,13 @@ class SenderIndex:
             remaining = tuple(claim for claim in self._claims[key] if claim[0] != tenant_id)
             if remaining:
                 self._claims[key] = remaining
-            else:
-                del self._claims[key]
+                continue
+            del self._claims[key]
+            for position, value in enumerate(key):
+                keys = self._keys_of_value[(position, value)]
+                keys.discard(key)
+                if not keys:
+                    del self._keys_of_value[(position, value)]
 
 
 class TenantDirectory:

@@ -569,11 +569,15 @@ def test_accepted_identities_never_let_a_message_match_two_tenants(
         assert resolved == (next(iter(matching)) if matching else None)
 
 
-@given(tenants=_TENANT_SETS, asked=_IDENTITIES)
+@given(tenants=_TENANT_SETS, asked=_IDENTITIES, removed=st.integers(0, 5))
 def test_conflicts_are_exactly_the_identities_sharing_a_message(
-    tenants: list[list[tuple[str, str, tuple[str, ...]]]], asked: tuple[str, str, tuple[str, ...]]
+    tenants: list[list[tuple[str, str, tuple[str, ...]]]],
+    asked: tuple[str, str, tuple[str, ...]],
+    removed: int,
 ) -> None:
     index, claims = _index_of(tenants)
+    index.remove(f"t{removed}")  # offboarding must leave no stale entry behind
+    claims = [(tenant, held) for tenant, held in claims if tenant != f"t{removed}"]
     identity = sender(*asked)
 
     found = {(c.owner, c.claimed.key) for c in index.conflicts("newcomer", [identity])}
