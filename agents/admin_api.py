@@ -69,12 +69,29 @@ def install(app: LanewayApp, registry: TenantRegistry, guard: Guard) -> None:
             raise ApiError(404, "unknown_tenant", "no such tenant")
         return record
 
+    # Every read-check-write of a tenant record holds this lock. The check (free id, identities
+    # that overlap no other tenant's) and the save are separate awaits (topic creation, the
+    # registry write): without it two concurrent requests could both pass the check and both
+    # save, or a PATCH could resurrect a tenant deleted meanwhile. It serializes the writers of
+    # one worker; two workers can still race (README, "Sender identities").
+    registry_lock = asyncio.Lock()
+
     def refuse_sender_conflicts(tenant_id: str, senders: list[SenderIdentity]) -> None:
         conflicts = registry.directory.sender_conflicts(tenant_id, senders)
         if conflicts:
-            claimed = [{"application": s.application, "facility": s.facility} for s in conflicts]
+            # Only the admin reaches this API, so naming the other tenant leaks nothing.
+            overlaps = [
+                {
+                    **_identity_view(c.identity),
+                    "conflicts_with": {"tenant": c.owner, **_identity_view(c.claimed)},
+                }
+                for c in conflicts
+            ]
             raise ApiError(
-                409, "sender_taken", "sender identity claimed by another tenant", senders=claimed
+                409,
+                "sender_taken",
+                "sender identity overlaps one of another tenant: a message could match both",
+                senders=overlaps,
             )
 
     async def create_topics(tenant_id: str) -> None:
@@ -104,13 +121,14 @@ def install(app: LanewayApp, registry: TenantRegistry, guard: Guard) -> None:
                 spec = TenantSpec.model_validate(await json_body(request))
             except ValidationError as error:
                 raise validation_error(error) from error
-            if registry.directory.get(spec.id) is not None:
-                raise ApiError(409, "tenant_exists", "a tenant with this id exists")
-            refuse_sender_conflicts(spec.id, spec.senders)
-            await create_topics(spec.id)
-            token = new_token()
-            record = TenantRecord.create(spec, hash_token(token), _now())
-            return await save(record, status=201, token=token)
+            async with registry_lock:
+                if registry.directory.get(spec.id) is not None:
+                    raise ApiError(409, "tenant_exists", "a tenant with this id exists")
+                refuse_sender_conflicts(spec.id, spec.senders)
+                await create_topics(spec.id)
+                token = new_token()
+                record = TenantRecord.create(spec, hash_token(token), _now())
+                return await save(record, status=201, token=token)
 
     @app.page("/api/tenants/{tenant_id}")
     class Tenant(View):
@@ -122,19 +140,27 @@ def install(app: LanewayApp, registry: TenantRegistry, guard: Guard) -> None:
         @api_errors
         async def patch(self, request: web.Request, tenant_id: str) -> web.Response:
             await guard.admin(request)
-            record = existing(tenant_id)
+            existing(tenant_id)  # 404 before 422
             try:
-                spec = TenantPatch.model_validate(await json_body(request)).apply(record)
+                patch = TenantPatch.model_validate(await json_body(request))
             except ValidationError as error:
                 raise validation_error(error) from error
-            refuse_sender_conflicts(tenant_id, spec.senders)
-            return await save(record.revise(spec, _now()))
+            async with registry_lock:
+                # Read under the lock: a concurrent PATCH's version must not be overwritten.
+                record = existing(tenant_id)
+                try:
+                    spec = patch.apply(record)
+                except ValidationError as error:
+                    raise validation_error(error) from error
+                refuse_sender_conflicts(tenant_id, spec.senders)
+                return await save(record.revise(spec, _now()))
 
         @api_errors
         async def delete(self, request: web.Request, tenant_id: str) -> web.Response:
             await guard.admin(request)
-            existing(tenant_id)
-            await registry.delete(tenant_id)
+            async with registry_lock:
+                existing(tenant_id)
+                await registry.delete(tenant_id)
             return web.Response(status=204)
 
     def pause_view(paused: bool) -> type[View]:
@@ -142,9 +168,10 @@ def install(app: LanewayApp, registry: TenantRegistry, guard: Guard) -> None:
             @api_errors
             async def post(self, request: web.Request, tenant_id: str) -> web.Response:
                 await guard.admin(request)
-                record = existing(tenant_id)
-                spec = TenantPatch(paused=paused).apply(record)
-                return await save(record.revise(spec, _now()))
+                async with registry_lock:
+                    record = existing(tenant_id)
+                    spec = TenantPatch(paused=paused).apply(record)
+                    return await save(record.revise(spec, _now()))
 
         return PauseOrResume
 
@@ -153,15 +180,20 @@ def install(app: LanewayApp, registry: TenantRegistry, guard: Guard) -> None:
         @api_errors
         async def post(self, request: web.Request, tenant_id: str) -> web.Response:
             await guard.admin(request)
-            record = existing(tenant_id)
-            token = new_token()
-            rotated = record.revise(record, _now()).model_copy(
-                update={"token_sha256": hash_token(token)}
-            )
-            return await save(rotated, token=token)
+            async with registry_lock:
+                record = existing(tenant_id)
+                token = new_token()
+                rotated = record.revise(record, _now()).model_copy(
+                    update={"token_sha256": hash_token(token)}
+                )
+                return await save(rotated, token=token)
 
     app.page("/api/tenants/{tenant_id}/pause", name="pause")(pause_view(True))
     app.page("/api/tenants/{tenant_id}/resume", name="resume")(pause_view(False))
+
+
+def _identity_view(identity: SenderIdentity) -> dict[str, Any]:
+    return identity.model_dump(mode="json")
 
 
 def _now() -> datetime:

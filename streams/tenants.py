@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, NamedTuple, Self
 
 from pydantic import (
     AfterValidator,
@@ -44,6 +44,8 @@ def _parse_network(value: object) -> object:
     raise ValueError("a network must be a CIDR string such as '10.0.0.0/8'")
 
 
+# Where an MLLP connection came from; None when the listener could not tell (and for HTTP).
+Peer = IPv4Address | IPv6Address | None
 Network = Annotated[IPv4Network | IPv6Network, BeforeValidator(_parse_network)]
 SenderValue = Annotated[str, StringConstraints(max_length=227)]  # HL7 v2 HD data type length
 TenantName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
@@ -87,7 +89,7 @@ class SenderIdentity(_Model):
     def key(self) -> tuple[str, str]:
         return (self.application, self.facility)
 
-    def admits(self, peer: IPv4Address | IPv6Address | None) -> bool:
+    def admits(self, peer: Peer) -> bool:
         """True if traffic from `peer` may use this identity (always, when no networks are set)."""
         if not self.networks:
             return True
@@ -248,53 +250,117 @@ _SenderKey = tuple[str, str]
 _Claim = tuple[str, SenderIdentity]  # (tenant id, the identity that tenant configured)
 
 
+def _values_overlap(one: str, other: str) -> bool:
+    # "" is a wildcard: it shares every value with any identity.
+    return not one or not other or one == other
+
+
+def _networks_overlap(one: SenderIdentity, other: SenderIdentity) -> bool:
+    if not one.networks or not other.networks:  # no networks: every peer (and no peer at all)
+        return True
+    # `admits` maps IPv4-mapped peers to IPv4, so networks of different versions share no peer.
+    return any(
+        a.version == b.version and a.overlaps(b)  # type: ignore[arg-type]
+        for a in one.networks
+        for b in other.networks
+    )
+
+
+def identities_overlap(one: SenderIdentity, other: SenderIdentity) -> bool:
+    """True if one message (MSH-3.1, MSH-4.1, peer address) could match both identities.
+
+    Pair (X, F) vs pair (X, F), vs application-only X or vs facility-only F overlap; so do
+    application-only X and facility-only F (a message from X at F matches both). Identities
+    overlap only if their networks share an address too: two identities restricted to disjoint
+    networks never see the same peer.
+    """
+    return (
+        _values_overlap(one.application, other.application)
+        and _values_overlap(one.facility, other.facility)
+        and _networks_overlap(one, other)
+    )
+
+
+class SenderConflict(NamedTuple):
+    """`identity` (being registered) overlaps `claimed`, which belongs to tenant `owner`."""
+
+    identity: SenderIdentity
+    owner: str
+    claimed: SenderIdentity
+
+
 class SenderIndex:
     """Maps an MLLP sender (MSH-3.1, MSH-4.1, peer address) to a tenant id in O(1).
 
     Matching rule:
-    - An identity with both application and facility matches only that exact pair; one with only
-      an application matches any facility; one with only a facility matches any application.
-    - The most specific identity wins: pair, then application-only, then facility-only.
-    - If the winning identity lists networks, the peer must be inside one of them, otherwise the
-      message matches no tenant. There is no fall-through to a less specific identity (possibly
-      another tenant's): a network mismatch means reject.
-    - If two tenants claim the same key (a race the admin API's 409 check cannot fully exclude),
-      that key matches nobody until one of them changes: every worker reaches the same answer
-      whatever order it read the records in, and no tenant receives another's messages.
+    - An identity matches a message when its values match and it admits the peer: one with both
+      application and facility matches only that exact pair, one with only an application any
+      facility, one with only a facility any application; if it lists networks, the peer must be
+      inside one of them.
+    - The message belongs to the tenant whose identities match it. Several identities of ONE
+      tenant may match (a pair and its application-only wildcard): the tenant is the same
+      whichever is taken.
+    - Identities of two tenants never overlap (`conflicts`, the admin API's 409). If they both
+      match anyway (two workers accepted overlapping identities at the same moment), the message
+      matches nobody until one of them changes: every worker reaches the same answer whatever
+      order it read the records in, and no tenant receives another's messages.
     - Strings compare exactly and case-sensitively: HL7 values are case-sensitive, and folding
       case could merge two distinct senders.
     """
 
-    __slots__ = ("_claims", "_keys_by_tenant")
+    __slots__ = ("_claims", "_keys_by_tenant", "_keys_of_value")
 
     def __init__(self) -> None:
         # Nearly every key has exactly one claim; a tuple keeps that case small.
         self._claims: dict[_SenderKey, tuple[_Claim, ...]] = {}
         self._keys_by_tenant: dict[str, tuple[_SenderKey, ...]] = {}
+        # For `conflicts`: the claimed keys by (position, value); position 0 is the application,
+        # 1 the facility, and value "" gathers the wildcards (all facility-only keys are under
+        # (0, ""), all application-only ones under (1, "")).
+        self._keys_of_value: dict[tuple[int, str], set[_SenderKey]] = {}
 
     def __len__(self) -> int:
         return len(self._claims)
 
-    def resolve(
-        self, application: str, facility: str, peer: IPv4Address | IPv6Address | None
-    ) -> str | None:
+    def resolve(self, application: str, facility: str, peer: Peer) -> str | None:
+        found: str | None = None
         for key in ((application, facility), (application, ""), ("", facility)):
-            claims = self._claims.get(key)
-            if claims is None:
-                continue
-            if len(claims) > 1:
-                return None
-            tenant_id, identity = claims[0]
-            return tenant_id if identity.admits(peer) else None
-        return None
+            for tenant_id, identity in self._claims.get(key, ()):
+                if not identity.admits(peer):
+                    continue
+                if found is not None and found != tenant_id:
+                    return None  # two tenants match: refuse rather than pick one
+                found = tenant_id
+        return found
 
-    def conflicts(self, tenant_id: str, senders: Iterable[SenderIdentity]) -> list[SenderIdentity]:
-        """The identities in `senders` whose key a different tenant already claims."""
+    def conflicts(self, tenant_id: str, senders: Iterable[SenderIdentity]) -> list[SenderConflict]:
+        """Each pair of an identity in `senders` and an overlapping one of another tenant.
+
+        A pair looks up three keys; an application-only identity is compared with every
+        facility-only one (and the other way round), since those overlap whatever their values.
+        """
         return [
-            sender
+            SenderConflict(sender, owner, claimed)
             for sender in senders
-            if any(owner != tenant_id for owner, _ in self._claims.get(sender.key, ()))
+            for key in sorted(self._candidate_keys(sender))
+            for owner, claimed in self._claims[key]
+            if owner != tenant_id and identities_overlap(sender, claimed)
         ]
+
+    def _candidate_keys(self, sender: SenderIdentity) -> set[_SenderKey]:
+        """The claimed keys whose values can share a message with `sender` (networks aside)."""
+        application, facility = sender.key
+        if application and facility:
+            keys = ((application, facility), (application, ""), ("", facility))
+            return {key for key in keys if key in self._claims}
+        empty: set[_SenderKey] = set()
+        if application:  # any facility: its own application's keys and every facility-only one
+            return self._keys_of_value.get((0, application), empty) | self._keys_of_value.get(
+                (0, ""), empty
+            )
+        return self._keys_of_value.get((1, facility), empty) | self._keys_of_value.get(
+            (1, ""), empty
+        )
 
     def put(self, tenant_id: str, senders: Sequence[SenderIdentity]) -> None:
         """Make `senders` the tenant's complete set of identities (stale keys are dropped)."""
@@ -303,6 +369,8 @@ class SenderIndex:
             return
         for sender in senders:
             self._claims[sender.key] = (*self._claims.get(sender.key, ()), (tenant_id, sender))
+            for position, value in enumerate(sender.key):
+                self._keys_of_value.setdefault((position, value), set()).add(sender.key)
         self._keys_by_tenant[tenant_id] = tuple(sender.key for sender in senders)
 
     def remove(self, tenant_id: str) -> None:
@@ -310,8 +378,13 @@ class SenderIndex:
             remaining = tuple(claim for claim in self._claims[key] if claim[0] != tenant_id)
             if remaining:
                 self._claims[key] = remaining
-            else:
-                del self._claims[key]
+                continue
+            del self._claims[key]
+            for position, value in enumerate(key):
+                keys = self._keys_of_value[(position, value)]
+                keys.discard(key)
+                if not keys:
+                    del self._keys_of_value[(position, value)]
 
 
 class TenantDirectory:
@@ -363,16 +436,14 @@ class TenantDirectory:
         """Tenants an operator pinned to a lane (to shared or to a dedicated one)."""
         return set(self._pinned)
 
-    def resolve_sender(
-        self, application: str, facility: str, peer: IPv4Address | IPv6Address | None
-    ) -> str | None:
+    def resolve_sender(self, application: str, facility: str, peer: Peer) -> str | None:
         """The tenant id for an MLLP message; see `SenderIndex` for the rule."""
         return self._senders.resolve(application, facility, peer)
 
     def sender_conflicts(
         self, tenant_id: str, senders: Iterable[SenderIdentity]
-    ) -> list[SenderIdentity]:
-        """Identities another tenant already claims (the admin API answers 409)."""
+    ) -> list[SenderConflict]:
+        """Identities overlapping one of another tenant (the admin API answers 409)."""
         return self._senders.conflicts(tenant_id, senders)
 
     def tenant_for_token_hash(self, token_sha256: str) -> str | None:

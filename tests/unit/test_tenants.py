@@ -17,12 +17,15 @@ from streams.tenants import (
     DEFAULT_BURST,
     DEFAULT_RATE_PER_S,
     LaneSettings,
+    Peer,
+    SenderConflict,
     SenderIdentity,
     SenderIndex,
     TenantDirectory,
     TenantPatch,
     TenantRecord,
     TenantSpec,
+    identities_overlap,
 )
 
 EXAMPLE_BODY: dict[str, Any] = {
@@ -311,8 +314,8 @@ def test_record_only_stores_a_sha256_hex_digest(token_sha256: str) -> None:
 def layered_index() -> SenderIndex:
     index = SenderIndex()
     index.put("pair", [sender("EPIC", "STMARYS")])
-    index.put("app-only", [sender(application="EPIC")])
-    index.put("facility-only", [sender(facility="STMARYS")])
+    index.put("app-only", [sender(application="CERNER")])
+    index.put("facility-only", [sender(facility="LAB")])
     return index
 
 
@@ -320,20 +323,32 @@ def layered_index() -> SenderIndex:
     ("application", "facility", "tenant"),
     [
         ("EPIC", "STMARYS", "pair"),
-        ("EPIC", "OTHER", "app-only"),
-        ("EPIC", "", "app-only"),
-        ("CERNER", "STMARYS", "facility-only"),
-        ("", "STMARYS", "facility-only"),
-        ("CERNER", "OTHER", None),
+        ("CERNER", "OTHER", "app-only"),
+        ("CERNER", "", "app-only"),
+        ("EPIC", "LAB", "facility-only"),
+        ("", "LAB", "facility-only"),
+        ("EPIC", "OTHER", None),
+        ("OTHER", "STMARYS", None),
         ("", "", None),
         ("epic", "stmarys", None),  # case-sensitive
-        ("EPIC ", "OTHER", None),  # no trimming either
+        ("EPIC ", "STMARYS", None),  # no trimming either
     ],
 )
-def test_most_specific_identity_wins(
+def test_each_identity_shape_matches_its_messages(
     layered_index: SenderIndex, application: str, facility: str, tenant: str | None
 ) -> None:
     assert layered_index.resolve(application, facility, PEER) == tenant
+
+
+def test_overlapping_identities_of_two_tenants_route_to_nobody() -> None:
+    # Only a race between two workers' onboardings can store these; the message is refused.
+    index = SenderIndex()
+    index.put("application", [sender(application="CERNER")])
+    index.put("facility", [sender(facility="LAB")])
+
+    assert index.resolve("CERNER", "LAB", PEER) is None
+    assert index.resolve("CERNER", "OTHER", PEER) == "application"
+    assert index.resolve("OTHER", "LAB", PEER) == "facility"
 
 
 def test_pair_identity_does_not_match_another_facility() -> None:
@@ -362,14 +377,23 @@ def test_ipv4_mapped_peer_of_a_dual_stack_listener_matches_an_ipv4_network() -> 
     assert index.resolve("EPIC", "", ip_address("::ffff:10.9.2.3")) is None
 
 
-def test_network_mismatch_rejects_instead_of_falling_through() -> None:
+def test_networks_separate_two_tenants_with_the_same_values() -> None:
     index = SenderIndex()
-    index.put("pair", [sender("EPIC", "STMARYS", networks=("10.1.0.0/16",))])
-    index.put("app-only", [sender(application="EPIC")])
+    index.put("north", [sender("EPIC", "STMARYS", networks=("10.1.0.0/16",))])
+    index.put("south", [sender(application="EPIC", networks=("192.168.0.0/16",))])
 
-    assert index.resolve("EPIC", "STMARYS", IPv4Address("10.1.0.1")) == "pair"
-    assert index.resolve("EPIC", "STMARYS", IPv4Address("192.168.0.1")) is None
-    assert index.resolve("EPIC", "OTHER", IPv4Address("192.168.0.1")) == "app-only"
+    assert index.resolve("EPIC", "STMARYS", IPv4Address("10.1.0.1")) == "north"
+    assert index.resolve("EPIC", "STMARYS", IPv4Address("192.168.0.1")) == "south"
+    assert index.resolve("EPIC", "STMARYS", IPv4Address("172.16.0.1")) is None
+    assert index.resolve("EPIC", "OTHER", IPv4Address("10.1.0.1")) is None
+
+
+def test_several_identities_of_one_tenant_may_match() -> None:
+    index = SenderIndex()
+    index.put("t", [sender("EPIC", "STMARYS", networks=("10.1.0.0/16",)), sender("EPIC")])
+
+    assert index.resolve("EPIC", "STMARYS", IPv4Address("10.1.0.1")) == "t"
+    assert index.resolve("EPIC", "STMARYS", IPv4Address("192.168.0.1")) == "t"
 
 
 def test_changing_senders_drops_stale_keys() -> None:
@@ -407,22 +431,60 @@ def test_remove_forgets_the_tenant_and_leaves_others() -> None:
     assert len(index) == 1
 
 
-def test_conflicts_are_the_same_key_claimed_by_another_tenant() -> None:
+def test_conflicts_name_the_overlapping_identity_and_its_owner() -> None:
     index = SenderIndex()
-    index.put("a", [sender("EPIC", "STMARYS"), sender(facility="LAB")])
+    held = sender("EPIC", "STMARYS")
+    index.put("a", [held, sender(facility="LAB", networks=("10.0.0.0/8",))])
     taken = sender("EPIC", "STMARYS", networks=("10.0.0.0/8",))
 
-    found = index.conflicts("b", [taken, sender("EPIC"), sender(facility="LAB2")])
+    found = index.conflicts("b", [taken, sender("CERNER", "OTHER"), sender(facility="LAB2")])
 
-    assert found == [taken]
+    assert found == [SenderConflict(taken, "a", held)]
     assert index.conflicts("a", [sender("EPIC", "STMARYS"), sender(facility="LAB")]) == []
+
+
+# Each row: an identity held by tenant "a", one that tenant "b" asks for, and whether they overlap.
+_OVERLAPS = [
+    (sender("X", "F"), sender("X", "F"), True),
+    (sender("X", "F"), sender("X"), True),
+    (sender("X", "F"), sender(facility="F"), True),
+    (sender("X"), sender(facility="F"), True),  # a message from X at F matches both
+    (sender(facility="F"), sender("X"), True),
+    (sender("X"), sender("X"), True),
+    (sender(facility="F"), sender(facility="F"), True),
+    (sender("X", "F"), sender("X", "G"), False),
+    (sender("X", "F"), sender("Y", "F"), False),
+    (sender("X", "F"), sender("Y"), False),
+    (sender("X", "F"), sender(facility="G"), False),
+    (sender("X"), sender("Y"), False),
+    (sender(facility="F"), sender(facility="G"), False),
+    (sender("X", networks=("10.0.0.0/8",)), sender("X", networks=("192.168.0.0/16",)), False),
+    (sender("X", networks=("10.0.0.0/8",)), sender("X", networks=("10.1.0.0/16",)), True),
+    (sender("X", networks=("10.0.0.0/8",)), sender(facility="F"), True),  # no networks: all
+    (
+        sender("X", networks=("10.0.0.0/8", "2001:db8::/32")),
+        sender(facility="F", networks=("2001:db8:1::/48",)),
+        True,
+    ),
+    (sender("X", networks=("10.0.0.0/8",)), sender("X", networks=("::ffff:0:0/96",)), False),
+    (sender("X", "F", networks=("10.0.0.0/8",)), sender("X", networks=("10.2.3.0/24",)), True),
+]
+
+
+@pytest.mark.parametrize(("held", "asked", "overlap"), _OVERLAPS)
+def test_overlap_rule(held: SenderIdentity, asked: SenderIdentity, overlap: bool) -> None:
+    index = SenderIndex()
+    index.put("a", [held])
+
+    assert identities_overlap(held, asked) is overlap
+    assert identities_overlap(asked, held) is overlap
+    assert index.conflicts("b", [asked]) == ([SenderConflict(asked, "a", held)] if overlap else [])
 
 
 def test_a_contested_key_routes_to_nobody_until_resolved() -> None:
     index = SenderIndex()
     index.put("a", [sender("EPIC", "STMARYS")])
     index.put("b", [sender("EPIC", "STMARYS")])
-    index.put("fallback", [sender(application="EPIC")])
 
     assert index.resolve("EPIC", "STMARYS", PEER) is None
     index.remove("a")
@@ -430,57 +492,106 @@ def test_a_contested_key_routes_to_nobody_until_resolved() -> None:
 
 
 _VALUES = st.sampled_from(["", "A", "B"])
-_NETS = st.sampled_from([(), ("10.0.0.0/8",), ("192.168.0.0/16",)])
-_IDENTITIES = st.tuples(_VALUES, _VALUES, _NETS).filter(lambda t: t[0] or t[1])
-
-
-def _reference_resolve(
-    claims: list[tuple[str, SenderIdentity]], application: str, facility: str, peer: IPv4Address
-) -> str | None:
-    """The matching rule written as "filter, then keep the most specific" for comparison."""
-    matching = [
-        (tenant, identity)
-        for tenant, identity in claims
-        if identity.application in ("", application) and identity.facility in ("", facility)
-    ]
-    if not matching:
-        return None
-
-    def rank(identity: SenderIdentity) -> int:
-        return 2 if identity.application and identity.facility else int(bool(identity.application))
-
-    best = max(rank(identity) for _, identity in matching)
-    winners = [(tenant, identity) for tenant, identity in matching if rank(identity) == best]
-    if len(winners) > 1:
-        return None
-    tenant, identity = winners[0]
-    if identity.networks and not any(peer in network for network in identity.networks):
-        return None
-    return tenant
-
-
-@given(
-    tenants=st.lists(st.lists(_IDENTITIES, max_size=3, unique_by=lambda t: t[:2]), max_size=4),
-    application=_VALUES,
-    facility=_VALUES,
-    peer=st.sampled_from([IPv4Address("10.0.0.1"), IPv4Address("192.168.0.1")]),
+_NETS = st.sampled_from(
+    [(), ("10.0.0.0/8",), ("10.1.0.0/16",), ("192.168.0.0/16",), ("10.1.0.0/16", "2001:db8::/32")]
 )
-def test_index_agrees_with_the_reference_rule(
+_IDENTITIES = st.tuples(_VALUES, _VALUES, _NETS).filter(lambda t: t[0] or t[1])
+_TENANT_SETS = st.lists(st.lists(_IDENTITIES, max_size=3, unique_by=lambda t: t[:2]), max_size=5)
+_PEERS = [
+    None,
+    IPv4Address("10.0.0.1"),
+    IPv4Address("10.1.0.1"),
+    IPv4Address("192.168.0.1"),
+    IPv6Address("2001:db8::1"),
+    ip_address("::ffff:10.1.2.3"),
+]
+_MESSAGES = [
+    (a, f, peer) for a in ("", "A", "B", "C") for f in ("", "A", "B", "C") for peer in _PEERS
+]
+
+
+def _matching_tenants(
+    claims: list[tuple[str, SenderIdentity]], application: str, facility: str, peer: Peer
+) -> set[str]:
+    """The matching rule written as a brute-force filter, for comparison with the index."""
+    return {
+        tenant
+        for tenant, identity in claims
+        if identity.application in ("", application)
+        and identity.facility in ("", facility)
+        and identity.admits(peer)
+    }
+
+
+def _index_of(
     tenants: list[list[tuple[str, str, tuple[str, ...]]]],
-    application: str,
-    facility: str,
-    peer: IPv4Address,
-) -> None:
+) -> tuple[SenderIndex, list[tuple[str, SenderIdentity]]]:
     index = SenderIndex()
     claims: list[tuple[str, SenderIdentity]] = []
     for number, identities in enumerate(tenants):
         senders = [sender(*identity) for identity in identities]
         index.put(f"t{number}", senders)
         claims += [(f"t{number}", s) for s in senders]
+    return index, claims
 
-    assert index.resolve(application, facility, peer) == _reference_resolve(
-        claims, application, facility, peer
-    )
+
+@given(tenants=_TENANT_SETS)
+def test_index_agrees_with_the_reference_rule(
+    tenants: list[list[tuple[str, str, tuple[str, ...]]]],
+) -> None:
+    # Any identity sets, overlapping ones included (as two workers' racing onboardings leave).
+    index, claims = _index_of(tenants)
+
+    for application, facility, peer in _MESSAGES:
+        matching = _matching_tenants(claims, application, facility, peer)
+        expected = matching.pop() if len(matching) == 1 else None
+        assert index.resolve(application, facility, peer) == expected
+
+
+@given(tenants=_TENANT_SETS)
+def test_accepted_identities_never_let_a_message_match_two_tenants(
+    tenants: list[list[tuple[str, str, tuple[str, ...]]]],
+) -> None:
+    directory = TenantDirectory()
+    claims: list[tuple[str, SenderIdentity]] = []
+    for number, identities in enumerate(tenants):
+        tenant_id = f"t{number}"
+        senders = [sender(*identity) for identity in identities]
+        if directory.sender_conflicts(tenant_id, senders):
+            continue  # the admin API answers 409: never stored
+        directory.apply(tenant_id, record(tenant_id, *senders, token_digit=str(number)))
+        claims += [(tenant_id, s) for s in senders]
+
+    for application, facility, peer in _MESSAGES:
+        matching = _matching_tenants(claims, application, facility, peer)
+        assert len(matching) <= 1, (application, facility, peer, matching)
+        resolved = directory.resolve_sender(application, facility, peer)
+        assert resolved == (next(iter(matching)) if matching else None)
+
+
+@given(tenants=_TENANT_SETS, asked=_IDENTITIES, removed=st.integers(0, 5))
+def test_conflicts_are_exactly_the_identities_sharing_a_message(
+    tenants: list[list[tuple[str, str, tuple[str, ...]]]],
+    asked: tuple[str, str, tuple[str, ...]],
+    removed: int,
+) -> None:
+    index, claims = _index_of(tenants)
+    index.remove(f"t{removed}")  # offboarding must leave no stale entry behind
+    claims = [(tenant, held) for tenant, held in claims if tenant != f"t{removed}"]
+    identity = sender(*asked)
+
+    found = {(c.owner, c.claimed.key) for c in index.conflicts("newcomer", [identity])}
+
+    shared = {
+        (tenant, held.key)
+        for tenant, held in claims
+        if any(
+            _matching_tenants([(tenant, held)], a, f, peer)
+            and _matching_tenants([("newcomer", identity)], a, f, peer)
+            for a, f, peer in _MESSAGES
+        )
+    }
+    assert found == shared
 
 
 # --- TenantDirectory --------------------------------------------------------------------------
@@ -497,7 +608,7 @@ def test_directory_applies_a_record() -> None:
     assert directory.resolve_sender("EPIC", "STMARYS", PEER) == "st-marys"
     assert directory.tenant_for_token_hash("a" * 64) == "st-marys"
     assert directory.sender_conflicts("other", [sender("EPIC", "STMARYS")]) == [
-        sender("EPIC", "STMARYS")
+        SenderConflict(sender("EPIC", "STMARYS"), "st-marys", sender("EPIC", "STMARYS"))
     ]
 
 
