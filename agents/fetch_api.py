@@ -61,6 +61,7 @@ class IngressReader(Service):
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.app.laneway.bootstrap_servers,
             enable_auto_commit=False,
+            max_partition_fetch_bytes=self.app.laneway.max_fetch_bytes,
             # Never jump to another offset: a read below the log start must fail, not move on.
             auto_offset_reset="none",
         )
