@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agents import build_lane_worker, build_worker
+from agents import build_lane_worker, build_worker, processor
 from streams.hl7.synthetic import SyntheticFeed
 from streams.processing import EVENT_TOO_LARGE, IngressRecord, process_ingress_record
 from streams.records import DlqRecord
@@ -101,3 +101,33 @@ def test_an_event_that_would_exceed_the_limit_becomes_a_dlq_record_by_reference(
     assert record.reason == EVENT_TOO_LARGE
     assert record.original_base64 is None  # the original alone (4/3 of it) would not fit either
     assert record.sha256 == hashlib.sha256(message).hexdigest()
+
+
+async def test_every_topic_laneway_creates_carries_the_record_limit_and_durability(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(
+        data_dir=tmp_path,
+        web_port=6132,
+        max_message_bytes=256 * KIB,
+        topic_replication=3,
+        topic_min_insync_replicas=2,
+    )
+    app = build_worker(settings)
+    created: list[dict[str, object]] = []
+
+    async def create_topic(name: str, **options: object) -> None:
+        created.append({"name": name, **options})
+
+    monkeypatch.setattr(app.producer, "create_topic", create_topic)
+    expected = {"min.insync.replicas": "2", "max.message.bytes": str(256 * KIB + 64 * KIB)}
+
+    await app.create_topic("t", partitions=1, config={"retention.ms": "1000"})
+
+    [options] = created
+    assert options["replication"] == 3
+    assert options["config"] == {**expected, "retention.ms": "1000"}
+    # Topics Faust declares (ingress and lanes) are given the same config.
+    for topic in (app.ingress_topic(), processor.shared_lane(app), processor.dedicated_lanes(app)):
+        assert topic.config == expected
+    assert app.conf.topic_replication_factor == 3
