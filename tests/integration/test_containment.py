@@ -55,12 +55,8 @@ def small(
         "LANEWAY_LANES_ENABLED": "false",
         "LANEWAY_MAX_MESSAGE_BYTES": str(MAX_MESSAGE_BYTES),
     }
-    process = WorkerProcess(env, base / "small-worker.log")
-    process.start()
-    try:
+    with WorkerProcess(env, base / "small-worker.log") as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture
