@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.web import View
 
 from agents.admin_api import api_errors
+from agents.fetch_api import original_by_ref
 from agents.ingest import IngestUnavailable, IngressWriter
 from agents.web_auth import ApiError, Guard
 from streams.app import LanewayApp
@@ -60,7 +61,11 @@ async def replay(app: LanewayApp, writer: IngressWriter, tenant_id: str) -> dict
             for record in batch.get(partition, []):
                 if record.offset >= end:
                     break
-                original = base64.b64decode(orjson.loads(record.value)["original_base64"])
+                parked = orjson.loads(record.value)
+                if parked.get("original_base64") is None:  # by reference: read it from ingress
+                    original = await original_by_ref(app, tenant_id, parked["ref"])
+                else:
+                    original = base64.b64decode(parked["original_base64"])
                 await writer.write(tenant_id, original)
                 position = record.offset + 1
             # Commit only what is durably back in ingress: a failed replay resumes here.

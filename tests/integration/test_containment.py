@@ -188,6 +188,18 @@ async def test_a_message_too_large_for_its_dlq_record_is_parked_by_reference(
     status, body = await fetch_original(api, big, parked["ref"])
     assert status == 200 and body == original
 
+    # A replay reads a by-reference original from ingress: it lands (and is parked) again.
+    status, answer = await api.call(
+        "POST", f"/api/tenants/{big['id']}/dlq/replay", token=api.admin_token
+    )
+    assert (status, answer["replayed"]) == (200, 1), answer
+    again = await consume_until(
+        bootstrap, [topics.dlq(big["id"])], lambda got: len(got) >= 2, WAIT_S
+    )
+    replayed = json.loads(again[1].value)
+    assert (replayed["sha256"], replayed["size"]) == (parked["sha256"], len(original))
+    assert replayed["ref"] != parked["ref"]
+
 
 async def test_poison_written_straight_to_ingress_never_stalls_the_partition(
     api: Api,
