@@ -303,8 +303,9 @@ class Router(Service):
         for forward in forwards:
             tenant = self._tenant_names.get(forward.key)
             destination = (forward.topic, forward.partition)
-            # A forward the lane topic refused was parked in a DLQ: nothing for a lane to drain.
-            if tenant and destination in last_offsets:
+            # A record parked in a DLQ (by the router or, refused, by the publisher) is nothing
+            # for a lane to drain.
+            if tenant and not forward.is_dlq and destination in last_offsets:
                 self._last_forwarded[tenant] = (*destination, last_offsets[destination])
 
     async def _commit(self, force: bool = False) -> None:

@@ -29,7 +29,7 @@ from agents.publisher import OutputPublisher, refused_as_final
 from agents.router import Router, servable_lane
 from streams import processing
 from streams.app import create_app
-from streams.hl7 import extract
+from streams.hl7 import Hl7Error, extract
 from streams.hl7.synthetic import SyntheticFeed
 from streams.processing import (
     HEADER_SOURCE,
@@ -37,8 +37,10 @@ from streams.processing import (
     KAFKA_REFUSED,
     UNKNOWN_TENANT,
     IngressRecord,
+    Origin,
     OutputRecord,
     lane_record_origin,
+    park,
     process_ingress_record,
     process_records,
 )
@@ -332,3 +334,23 @@ def test_a_record_the_router_cannot_route_goes_to_the_unrouted_dlq(
     assert parked is not None and parked.topic == TOPICS.dlq_unrouted
     assert dlq(parked).reason == INTERNAL_ERROR
     assert router.app.dlq_reasons[INTERNAL_ERROR] == 1
+
+
+async def test_a_parked_record_is_nothing_for_a_lane_to_drain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Else a tenant with a parked record would wait forever for a DLQ to 'drain' on a move."""
+    router = _router(tmp_path, {})
+    forward = router.route(record(b"acme", 0, b"MSH|"), now=1_700_000_000.0)
+    error = Hl7Error(INTERNAL_ERROR, "KeyError while routing")
+    parked = park(Origin(record(b"acme", 1, b"MSH|")), TOPICS, error, unrouted=True)
+
+    async def publish(outputs: list[OutputRecord]) -> dict[tuple[str, int], int]:
+        return {(output.topic, output.partition): 5 for output in outputs}
+
+    monkeypatch.setattr(router.publisher, "publish", publish)
+    assert forward is not None
+
+    await router._forward([forward, parked])
+
+    assert router._last_forwarded["acme"] == (TOPICS.shared_lane, 2, 5)
