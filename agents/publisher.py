@@ -31,6 +31,9 @@ from streams.processing import KAFKA_REFUSED, OutputRecord, park
 
 log = logging.getLogger(__name__)
 
+# Largest record batch the publisher builds, unless the size contract's record limit is lower:
+# a batch must fit the topic's max.message.bytes as a whole.
+_MAX_BATCH_BYTES = 1024 * 1024
 _RETRY_FIRST_DELAY_S = 0.2
 _RETRY_MAX_DELAY_S = 5.0
 # Refusals of the producer's own sequence state, not of the records: the renewed producer
@@ -73,6 +76,7 @@ class OutputPublisher:
             "output",
             bootstrap_servers=app.laneway.bootstrap_servers,
             **app.producer_size_config,
+            max_batch_size=min(_MAX_BATCH_BYTES, app.laneway.max_record_bytes),
         )
         self._start_lock = asyncio.Lock()
         app.on_before_shutdown.connect(self._on_shutdown)

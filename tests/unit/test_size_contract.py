@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from agents import build_lane_worker, build_worker, processor
+from agents.publisher import OutputPublisher
+from streams.app import create_app
 from streams.hl7.synthetic import SyntheticFeed
 from streams.processing import EVENT_TOO_LARGE, IngressRecord, process_ingress_record
 from streams.records import DlqRecord
@@ -41,8 +43,6 @@ def test_topics_producers_and_consumers_carry_the_contract(tmp_path: Path) -> No
     for app in (build_worker(settings), build_lane_worker(settings)):
         assert app.durable_topic_config["max.message.bytes"] == str(record)
         assert app.producer_size_config["max_request_size"] == record
-        # A record batch may not exceed the topic's limit either.
-        assert app.producer_size_config["max_batch_size"] <= record
         assert app.conf.producer_max_request_size == record
         assert app.conf.consumer_max_fetch_size == settings.max_fetch_bytes
 
@@ -131,3 +131,14 @@ async def test_every_topic_laneway_creates_carries_the_record_limit_and_durabili
     for topic in (app.ingress_topic(), processor.shared_lane(app), processor.dedicated_lanes(app)):
         assert topic.config == expected
     assert app.conf.topic_replication_factor == 3
+
+
+@pytest.mark.parametrize("message_bytes", [64 * KIB, 4 * 1024 * KIB])
+def test_the_publishers_record_batches_fit_the_topics_limit(
+    tmp_path: Path, message_bytes: int
+) -> None:
+    settings = make_settings(data_dir=tmp_path, web_port=6133, max_message_bytes=message_bytes)
+    config = OutputPublisher(create_app(settings))._producer._config
+
+    assert config["max_request_size"] == settings.max_record_bytes
+    assert config["max_batch_size"] <= settings.max_record_bytes
