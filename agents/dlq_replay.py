@@ -37,6 +37,7 @@ from faust.web import View
 from multidict import MultiMapping
 
 from agents.admin_api import api_errors
+from agents.fetch_api import original_by_ref
 from agents.ingest import IngestUnavailable, IngressWriter
 from agents.web_auth import ApiError, Guard
 from streams.app import LanewayApp
@@ -228,7 +229,7 @@ class DlqReplay:
         if position.pending is not None:
             position = await self._settle(position, position.pending)
         start = position.next_offset
-        counts = {"replayed": 0, "skipped": 0, "already_replayed": 0, "without_original": 0}
+        counts = {"replayed": 0, "skipped": 0, "already_replayed": 0}
         async for record in self._records(start, end):
             if position.is_done(record.offset):
                 counts["already_replayed"] += 1
@@ -237,9 +238,6 @@ class DlqReplay:
             if not self.filter.matches(parked.get("reason", ""), record.timestamp):
                 counts["skipped"] += 1
                 continue
-            if "original_base64" not in parked:  # parked by reference: left for a later version
-                counts["without_original"] += 1
-                continue
             if len(position.with_done(record.offset).to_metadata()) > MAX_STATE_BYTES:
                 # Filtered replays left more gaps than a commit can describe.
                 raise ApiError(
@@ -247,7 +245,7 @@ class DlqReplay:
                 )
             pending = PendingWrite(record.offset, await self._ingress_ends())
             await self._commit(position.with_pending(pending))
-            await self.writer.write(self.tenant_id, _original(parked))
+            await self.writer.write(self.tenant_id, await self._original(parked))
             position = position.with_done(record.offset)
             await self._commit(position)
             counts["replayed"] += 1
@@ -266,12 +264,17 @@ class DlqReplay:
         """Resolve a write an earlier replay left pending: done if ingress holds it."""
         original: bytes | None = None
         async for record in self._records(pending.offset, pending.offset + 1):
-            original = _original(orjson.loads(record.value))
+            original = await self._original(orjson.loads(record.value))
         # A record gone from the DLQ (retention) can neither be checked nor replayed.
         written = original is None or await self._in_ingress(original, pending.ingress_ends)
         settled = position.with_done(pending.offset) if written else position.with_pending(None)
         await self._commit(settled)
         return settled
+
+    async def _original(self, parked: Mapping[str, Any]) -> bytes:
+        if parked.get("original_base64") is None:  # by reference: read it from ingress
+            return await original_by_ref(self.app, self.tenant_id, parked["ref"])
+        return base64.b64decode(parked["original_base64"])
 
     async def _ingress_ends(self) -> dict[int, int]:
         if not self._ingress:  # once per run: the write of every record needs the ends
@@ -322,7 +325,3 @@ async def _batches(
             raise IngestUnavailable(f"{unread[0].topic} could not be read")
         for records in batches.values():
             yield records
-
-
-def _original(parked: Mapping[str, Any]) -> bytes:
-    return base64.b64decode(parked["original_base64"])

@@ -61,6 +61,7 @@ class IngressReader(Service):
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.app.laneway.bootstrap_servers,
             enable_auto_commit=False,
+            max_partition_fetch_bytes=self.app.laneway.max_fetch_bytes,
             # Never jump to another offset: a read below the log start must fail, not move on.
             auto_offset_reset="none",
         )
@@ -118,42 +119,57 @@ def _unknown_message() -> ApiError:
     return ApiError(404, "unknown_message", "no such message for this tenant")
 
 
+async def read_original(reader: IngressReader, tenant_id: str, ref: str) -> bytes:
+    """The original message `ref` names, if it is `tenant_id`'s; else ApiError: 400 malformed
+    ref, 404 no such message of this tenant, 410 aged out, 503 Kafka did not answer."""
+    parsed = parse_ref(ref)
+    if parsed is None:
+        raise ApiError(400, "invalid_ref", "a ref is <partition>-<offset>-<index>, as events carry")
+    partition, offset, index = parsed
+    if partition >= reader.app.laneway.ingress_partitions:
+        raise _unknown_message()
+    try:
+        record = await asyncio.wait_for(reader.read(partition, offset), READ_TIMEOUT_S)
+    except RecordGone as error:
+        raise ApiError(
+            410,
+            "gone",
+            "the message is older than Kafka's retention and can no longer be fetched",
+            ref=ref,
+        ) from error
+    except (TimeoutError, KafkaError) as error:
+        raise ApiError(503, "broker_unavailable", "Kafka did not answer in time") from error
+    # Another tenant's record answers like a missing one: refs cannot be probed.
+    if record is None or record.key != tenant_id.encode():
+        raise _unknown_message()
+    message = message_at(record.value or b"", index)
+    if message is None:
+        raise _unknown_message()
+    return message
+
+
+async def original_by_ref(app: LanewayApp, tenant_id: str, ref: str) -> bytes:
+    """`read_original` on a reader of its own: for the rare caller that is not the view, such
+    as the DLQ replay of a record written by reference."""
+    reader = IngressReader(app)
+    await reader.start()
+    try:
+        return await read_original(reader, tenant_id, ref)
+    finally:
+        await reader.stop()
+
+
 def install(app: LanewayApp, guard: Guard) -> None:
     """Register the fetch view and its ingress reader on `app`."""
     reader = IngressReader(app)
     app.service(reader)  # type: ignore[arg-type]
-    partitions = app.laneway.ingress_partitions
 
     @app.page("/api/tenants/{tenant_id}/messages/{ref}")
     class MessageByRef(View):
         @api_errors
         async def get(self, request: web.Request, tenant_id: str, ref: str) -> web.Response:
             await guard.tenant_or_admin(request, tenant_id)
-            parsed = parse_ref(ref)
-            if parsed is None:
-                raise ApiError(
-                    400, "invalid_ref", "a ref is <partition>-<offset>-<index>, as events carry"
-                )
-            partition, offset, index = parsed
-            if partition >= partitions:
-                raise _unknown_message()
-            try:
-                record = await asyncio.wait_for(reader.read(partition, offset), READ_TIMEOUT_S)
-            except RecordGone as error:
-                raise ApiError(
-                    410,
-                    "gone",
-                    "the message is older than Kafka's retention and can no longer be fetched",
-                    ref=ref,
-                ) from error
-            except (TimeoutError, KafkaError) as error:
-                raise ApiError(503, "broker_unavailable", "Kafka did not answer in time") from error
-            # Another tenant's record answers like a missing one: refs cannot be probed.
-            if record is None or record.key != tenant_id.encode():
-                raise _unknown_message()
-            message = message_at(record.value or b"", index)
-            if message is None:
-                raise _unknown_message()
+            message = await read_original(reader, tenant_id, ref)
             return web.Response(
                 body=message,
                 content_type=HL7_CONTENT_TYPE,

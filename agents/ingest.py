@@ -107,6 +107,7 @@ class IngressWriter(Service):
             bootstrap_servers=settings.bootstrap_servers,
             linger_ms=1,
             request_timeout_ms=int(settings.ingest_timeout_s * 1000),
+            **app.producer_size_config,
         )
         self._ambiguous: OrderedDict[bytes, tuple[float, asyncio.Future[RecordMetadata]]] = (
             OrderedDict()

@@ -40,7 +40,9 @@ class CompactedTopicMirror(Service):
         self.topic = topic
         self.ready = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
-        self._producer = RenewingProducer(topic, bootstrap_servers=app.laneway.bootstrap_servers)
+        self._producer = RenewingProducer(
+            topic, bootstrap_servers=app.laneway.bootstrap_servers, **app.producer_size_config
+        )
         self._applied_offset = -1
         self._offset_advanced = asyncio.Condition()
 
@@ -56,6 +58,7 @@ class CompactedTopicMirror(Service):
             bootstrap_servers=servers,
             enable_auto_commit=False,
             fetch_max_wait_ms=FETCH_WAIT_MS,
+            max_partition_fetch_bytes=self.app.laneway.max_fetch_bytes,
         )
         await self._producer.start()
         await self._consumer.start()
@@ -114,6 +117,21 @@ class CompactedTopicMirror(Service):
             raise MirrorUnavailable(
                 f"{self.topic} change not confirmed: {type(error).__name__}"
             ) from error
+
+    async def caught_up(self, timeout_s: float) -> bool:
+        """Wait, at most `timeout_s`, until this mirror has applied every record written before
+        the call; False if it has not (or Kafka did not say how far the topic goes)."""
+        if self._consumer is None:
+            return False
+        partition = TopicPartition(self.topic, 0)
+        try:
+            async with asyncio.timeout(timeout_s):
+                end = (await self._consumer.end_offsets([partition]))[partition]
+                await self._applied(end - 1)
+        except Exception as error:  # timed out, or Kafka away: the caller decides without it
+            log.warning("%s mirror not caught up: %s", self.topic, type(error).__name__)
+            return False
+        return True
 
     async def _applied(self, offset: int) -> None:
         async with self._offset_advanced:

@@ -14,10 +14,11 @@ has drained a tenant that moves.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 
-from faust.types import TopicT
+from faust.types import EventT, TopicT
 
 from agents.publisher import OutputPublisher
 from agents.registry import TenantRegistry
@@ -28,8 +29,16 @@ from streams.processing import (
     IngressRecord,
     OutputRecord,
     lane_record_origin,
-    process_ingress_record,
+    process_records,
+    tenant_of_key,
 )
+
+log = logging.getLogger(__name__)
+
+# Longest a batch waits for the tenant registry to catch up when it holds records of a tenant
+# this worker does not know (just onboarded elsewhere): long enough for a mirror that is merely
+# behind, short enough that the other tenants of the partition barely notice.
+UNKNOWN_TENANT_WAIT_S = 2.0
 
 
 def install(
@@ -44,12 +53,26 @@ def install(
 
     With a `drain_rate` (records/s) the agent holds each batch until the rate allows it, so a
     flood's backlog leaves the CPU and the broker to the shared lane; it waits in Kafka.
+
+    Faust acks a batch's offsets in a `finally` once the body moves on, so nothing may escape
+    the body before the batch's outputs are published: `process_records` parks whatever it
+    cannot process, and the publisher retries until Kafka has every output (or its DLQ record).
     """
     settings = app.laneway
     topics = app.topic_names
     publisher = OutputPublisher(app)
     shapers = OutputShapers(registry.directory, load_mask_secret())
     pace = Gcra(drain_rate, burst=settings.batch_max) if drain_rate > 0 else None
+
+    async def unknown_tenants(records: Sequence[IngressRecord]) -> set[str]:
+        """Tenants of `records` the registry does not know, even once caught up (bounded)."""
+        keys = {record.key for record in records}
+        tenants = {tenant for key in keys if (tenant := tenant_of_key(key)) is not None}
+        unknown = {tenant for tenant in tenants if registry.directory.get(tenant) is None}
+        if unknown:
+            await registry.caught_up(UNKNOWN_TENANT_WAIT_S)
+            unknown = {tenant for tenant in unknown if registry.directory.get(tenant) is None}
+        return unknown
 
     @app.agent(lanes, name=name)
     async def process(stream: AsyncIterable[bytes]) -> None:
@@ -59,22 +82,45 @@ def install(
         ):
             if pace is not None:
                 await asyncio.sleep(pace.admit(time.monotonic(), len(events)))
-            outputs: list[OutputRecord] = []
-            for event in events:
-                message = event.message
-                origin = lane_record_origin(message.key, message.value, message.headers or [])
-                record = origin or IngressRecord(
-                    key=message.key,
-                    value=message.value,
-                    topic=message.topic,
-                    partition=message.partition,
-                    offset=message.offset,
-                    timestamp_ms=int(message.timestamp * 1000),
-                )
-                outputs.extend(process_ingress_record(record, topics, shapers))
+            records = [_ingress_record(event) for event in events]
+            unknown = await unknown_tenants(records)
+            outputs = process_records(
+                records,
+                topics,
+                shapers,
+                unknown=unknown.__contains__,
+                max_value_bytes=settings.max_value_bytes,
+            )
             await publisher.publish(outputs)
-            if on_dlq is not None:
-                on_dlq(output.key for output in outputs if output.is_dlq)
+            _count_dlq(app, outputs, on_dlq)
+
+
+def _ingress_record(event: EventT) -> IngressRecord:
+    """The ingress record a lane event stands for (itself, without an origin header)."""
+    message = event.message
+    origin = lane_record_origin(message.key, message.value, message.headers or [])
+    return origin or IngressRecord(
+        key=message.key,
+        value=message.value,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        timestamp_ms=int(message.timestamp * 1000),
+    )
+
+
+def _count_dlq(
+    app: LanewayApp,
+    outputs: Sequence[OutputRecord],
+    on_dlq: Callable[[Iterable[bytes]], None] | None,
+) -> None:
+    dlq = [output for output in outputs if output.is_dlq]
+    app.dlq_reasons.update(output.reason for output in dlq)
+    if on_dlq is not None and dlq:
+        try:
+            on_dlq(output.key for output in dlq)
+        except Exception:  # a counting bug must not escape the body: the batch is published
+            log.exception("counting DLQ records failed")
 
 
 def shared_lane(app: LanewayApp) -> TopicT:

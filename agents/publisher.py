@@ -1,4 +1,9 @@
-"""Delivery of output records: acks=all, one record batch per topic, retried until acknowledged."""
+"""Delivery of output records: acks=all, one record batch per topic partition.
+
+Retriable failures (broker away, timeouts) are retried until Kafka acknowledges. A record Kafka
+refuses as final (too large, invalid, corrupt) is parked instead: replaced by a DLQ record by
+reference (`processing.park`), so one poison record never stalls its partition.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +14,51 @@ from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    BrokerResponseError,
+    DuplicateSequenceNumber,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    OutOfOrderSequenceNumber,
+    RecordTooLargeError,
+    UnknownProducerId,
+)
 
 from agents.producers import RenewingProducer
 from streams.app import LanewayApp
-from streams.processing import OutputRecord
+from streams.hl7 import Hl7Error
+from streams.processing import KAFKA_REFUSED, OutputRecord, park
 
 log = logging.getLogger(__name__)
 
+# Largest record batch the publisher builds, unless the size contract's record limit is lower:
+# a batch must fit the topic's max.message.bytes as a whole.
+_MAX_BATCH_BYTES = 1024 * 1024
 _RETRY_FIRST_DELAY_S = 0.2
 _RETRY_MAX_DELAY_S = 5.0
+# Refusals of the producer's own sequence state, not of the records: the renewed producer
+# (see agents.producers) sends them fine.
+_PRODUCER_STATE_ERRORS = (
+    OutOfOrderSequenceNumber,
+    DuplicateSequenceNumber,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    UnknownProducerId,
+)
+
+
+def refused_as_final(error: BaseException) -> bool:
+    """True if Kafka refused a batch for what it holds, so resending can never succeed:
+    a non-retriable broker answer such as MessageSizeTooLarge, RecordListTooLarge or
+    CorruptRecord, or aiokafka's own size check. Connection errors, timeouts, a closed
+    producer and the producer's sequence errors are retriable."""
+    if isinstance(error, RecordTooLargeError):
+        return True
+    return (
+        isinstance(error, BrokerResponseError)
+        and not error.retriable
+        and not isinstance(error, _PRODUCER_STATE_ERRORS)
+    )
 
 
 class OutputPublisher:
@@ -34,7 +75,8 @@ class OutputPublisher:
         self._producer = RenewingProducer(
             "output",
             bootstrap_servers=app.laneway.bootstrap_servers,
-            max_batch_size=1024 * 1024,
+            **app.producer_size_config,
+            max_batch_size=min(_MAX_BATCH_BYTES, app.laneway.max_record_bytes),
         )
         self._start_lock = asyncio.Lock()
         app.on_before_shutdown.connect(self._on_shutdown)
@@ -44,67 +86,120 @@ class OutputPublisher:
         self._known_topics.update(topics)
 
     async def publish(self, outputs: list[OutputRecord]) -> dict[tuple[str, int], int]:
-        """Deliver every output, retrying until Kafka acknowledges all of them.
+        """Deliver every output, or the DLQ record that replaces one Kafka refused as final.
 
-        The batch's ingress offsets are acked when this returns, so giving up would lose
-        messages. A retry may duplicate outputs; duplicates carry the same idempotency key.
-        Returns the offset of the last record written to each (topic, partition).
+        The batch's ingress offsets are acked when this returns, so a retriable failure is
+        retried until Kafka acknowledges. A retry may duplicate outputs; duplicates carry the
+        same idempotency key. Returns the offset of the last record written to each (topic,
+        partition), parked records' DLQ included.
         """
         delay = _RETRY_FIRST_DELAY_S
-        while True:
+        written: dict[tuple[str, int], int] = {}
+        pending, one_per_batch = outputs, False
+        while pending:
             try:
-                return await self._send_all(outputs)
+                delivered, refused = await self._send_all(pending, one_per_batch)
             except Exception as error:  # broker down or timing out: keep the batch, wait, retry
                 log.warning(
                     "publishing %d outputs failed (%s); retrying in %.1fs",
-                    len(outputs),
+                    len(pending),
                     type(error).__name__,
                     delay,
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX_DELAY_S)
+                continue
+            written.update(delivered)
+            pending, one_per_batch, stuck = [], False, False
+            for records, error in refused:
+                if len(records) > 1:  # which of them? Resend them one per batch to find out
+                    pending.extend(records)
+                    one_per_batch = True
+                    continue
+                replacement = self._parked(records[0], error)
+                stuck = stuck or replacement is None
+                pending.append(replacement or records[0])
+            if stuck:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_DELAY_S)
+        return written
 
-    async def _send_all(self, outputs: Iterable[OutputRecord]) -> dict[tuple[str, int], int]:
+    def _parked(self, record: OutputRecord, error: BaseException) -> OutputRecord | None:
+        """The by-reference DLQ record that replaces `record`, which Kafka refused as final;
+        None if `record` cannot be parked, so it must be retried."""
+        if record.origin is None or record.reason == KAFKA_REFUSED:
+            # A parked record is small: Kafka refusing it is no fault of the record (say, a DLQ
+            # topic's ACLs), and losing it is not an option.
+            log.error(
+                "Kafka refuses even a parked record to %s (%s); retrying",
+                record.topic,
+                type(error).__name__,
+            )
+            return None
+        log.error(
+            "Kafka refused an output to %s (%s): parked by reference",
+            record.topic,
+            type(error).__name__,
+        )
+        self._app.dlq_reasons[KAFKA_REFUSED] += 1
+        detail = f"Kafka refused the output to {record.topic}: {type(error).__name__}"
+        return park(record.origin, self._app.topic_names, Hl7Error(KAFKA_REFUSED, detail))
+
+    async def _send_all(
+        self, outputs: Iterable[OutputRecord], one_per_batch: bool
+    ) -> tuple[dict[tuple[str, int], int], list[tuple[list[OutputRecord], BaseException]]]:
         producer = await self._started_producer()
-        # A failed delivery leaves the producer's sequence broken: the whole batch is retried
-        # on the renewed producer (duplicates keep their idempotency keys).
-        return await self._producer.delivered(self._send_on(producer, outputs), producer)
+        # A failed delivery, refused ones included, leaves the producer's sequence broken: the
+        # producer is renewed and the next attempt goes out on the fresh one.
+        written, refused = await self._producer.delivered(
+            self._send_on(producer, outputs, one_per_batch), producer
+        )
+        if refused:
+            self._producer.renew(producer)
+        return written, refused
 
     async def _send_on(
-        self, producer: AIOKafkaProducer, outputs: Iterable[OutputRecord]
-    ) -> dict[tuple[str, int], int]:
+        self, producer: AIOKafkaProducer, outputs: Iterable[OutputRecord], one_per_batch: bool
+    ) -> tuple[dict[tuple[str, int], int], list[tuple[list[OutputRecord], BaseException]]]:
+        """Send every output; returns the last offset written to each (topic, partition) and
+        the records of each batch Kafka refused as final, with the refusal. Raises if any
+        batch failed in a retriable way."""
         by_partition: dict[tuple[str, int], list[OutputRecord]] = defaultdict(list)
         for output in outputs:
             by_partition[output.topic, output.partition].append(output)
         pending = []
-        last_batch_of: dict[tuple[str, int], tuple[int, int]] = {}
+        batches: list[tuple[tuple[str, int], list[OutputRecord]]] = []
         for (topic, partition), records in by_partition.items():
             if topic not in self._known_topics:
                 await self._declare(topic)
             batch = producer.create_batch()
+            in_batch: list[OutputRecord] = []
             for record in records:
                 # append() refuses a record only when the batch is full and non-empty; an
                 # empty batch takes any record, so this loop runs at most twice.
-                while (
-                    batch.append(
-                        key=record.key, value=record.value, timestamp=None, headers=record.headers
-                    )
-                    is None
-                ):
+                while (one_per_batch and in_batch) or batch.append(
+                    key=record.key, value=record.value, timestamp=None, headers=record.headers
+                ) is None:
                     pending.append(await producer.send_batch(batch, topic, partition=partition))
-                    batch = producer.create_batch()
+                    batches.append(((topic, partition), in_batch))
+                    batch, in_batch = producer.create_batch(), []
+                in_batch.append(record)
             pending.append(await producer.send_batch(batch, topic, partition=partition))
-            last_batch_of[topic, partition] = (len(pending) - 1, batch.record_count())
+            batches.append(((topic, partition), in_batch))
         # Every delivery is awaited, failed ones too (none is left unretrieved).
         delivered = await asyncio.gather(*pending, return_exceptions=True)
-        for outcome in delivered:
+        written: dict[tuple[str, int], int] = {}
+        refused: list[tuple[list[OutputRecord], BaseException]] = []
+        for outcome, (destination, records) in zip(delivered, batches, strict=True):
             if isinstance(outcome, BaseException):
-                raise outcome
-        # A batch's metadata carries its base offset; its last record is `count - 1` further.
-        return {
-            destination: delivered[index].offset + count - 1
-            for destination, (index, count) in last_batch_of.items()
-        }
+                if not refused_as_final(outcome):
+                    raise outcome
+                refused.append((records, outcome))
+            else:
+                # A batch's metadata carries its base offset; its last record is further on.
+                last = outcome.offset + len(records) - 1
+                written[destination] = max(written.get(destination, -1), last)
+        return written, refused
 
     async def _started_producer(self) -> AIOKafkaProducer:
         async with self._start_lock:

@@ -53,7 +53,16 @@ from agents.registry import TenantRegistry
 from agents.tenant_state import TenantStateMirror
 from streams.app import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES, LanewayApp
 from streams.lanes import LaneBook, LaneMove, LanePolicy, decide
-from streams.processing import IngressRecord, OutputRecord, forward_to_lane, tenant_of_key
+from streams.processing import (
+    INTERNAL_ERROR,
+    IngressRecord,
+    Origin,
+    OutputRecord,
+    forward_to_lane,
+    internal_error,
+    park,
+    tenant_of_key,
+)
 from streams.volume import VolumeBook
 
 log = logging.getLogger(__name__)
@@ -66,6 +75,7 @@ FETCH_TIMEOUT_MS = 100
 # (measured in `make bench-isolation`: 100 records per pass raised the quiet tenants' burst p99
 # from ~105 to 144 ms).
 READ_BATCH_MAX = 1000
+ROUTER_FETCH_BYTES = 4 * 1024 * 1024
 
 
 class Router(Service):
@@ -133,7 +143,8 @@ class Router(Service):
             group_id=settings.router_group,  # offsets only: partitions follow Faust's
             enable_auto_commit=False,
             auto_offset_reset="earliest",  # a new deployment reads all retained ingress
-            max_partition_fetch_bytes=4 * 1024 * 1024,
+            # Fetch sizes past the size contract's minimum: fewer, larger fetches cost less CPU.
+            max_partition_fetch_bytes=max(settings.max_fetch_bytes, ROUTER_FETCH_BYTES),
             fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             fetch_min_bytes=FETCH_MIN_BYTES,
         )
@@ -184,7 +195,7 @@ class Router(Service):
                             message.offset,
                             message.timestamp,
                         )
-                        destination = self.route(record, now)
+                        destination = self._route_contained(record, now)
                         if destination is not None:
                             forwards.append(destination)
                     self._next_offsets[tp.partition] = messages[-1].offset + 1
@@ -217,7 +228,13 @@ class Router(Service):
                 continue
             if document.get("volume"):
                 self.volumes.restore(tenant_id, document["volume"], now)
-            lane = document.get("lane")
+            lane = servable_lane(document.get("lane"), self.app.laneway.dedicated_lanes)
+            if lane is None and document.get("lane") is not None:
+                log.warning(
+                    "tenant %s was in lane %r, which no lane worker reads now: shared lane",
+                    tenant_id,
+                    document.get("lane"),
+                )
             if lane is not None:
                 self.lanes.restore(tenant_id, lane, document.get("moved_at"))
             self.moves[tenant_id] = deque(document.get("moves", []), maxlen=RECENT_MOVES_KEPT)
@@ -237,6 +254,20 @@ class Router(Service):
         return self._partitioner(tenant.encode(), partitions, partitions)
 
     # ---------------------------------------------------------------- hot path
+
+    def _route_contained(self, record: IngressRecord, now: float) -> OutputRecord | None:
+        """`route`, but a record it cannot route (a bug) goes to the unrouted DLQ, counted,
+        and the partition moves on."""
+        try:
+            return self.route(record, now)
+        except Exception as error:
+            log.error("routing an ingress record failed (%s): parked", type(error).__name__)
+            self.app.dlq_reasons[INTERNAL_ERROR] += 1
+            error_code = internal_error(error)
+            settings = self.app.laneway
+            return park(
+                Origin(record), self.topics, error_code, settings.max_value_bytes, unrouted=True
+            )
 
     def route(self, record: IngressRecord, now: float) -> OutputRecord | None:
         """Count the record for its tenant and return its forward, or None when it is held
@@ -260,6 +291,7 @@ class Router(Service):
 
     def _forward_record(self, tenant: str | None, record: IngressRecord) -> OutputRecord:
         lane = self.lanes.lane_of(tenant) if tenant is not None and self.enabled else None
+        lane = servable_lane(lane, self.app.laneway.dedicated_lanes)
         if lane is None:
             return forward_to_lane(record, self.topics.shared_lane, record.partition)
         return forward_to_lane(record, self.topics.dedicated_lane(lane))
@@ -270,8 +302,10 @@ class Router(Service):
         last_offsets = await self.publisher.publish(forwards)
         for forward in forwards:
             tenant = self._tenant_names.get(forward.key)
-            if tenant:
-                destination = (forward.topic, forward.partition)
+            destination = (forward.topic, forward.partition)
+            # A record parked in a DLQ (by the router or, refused, by the publisher) is nothing
+            # for a lane to drain.
+            if tenant and not forward.is_dlq and destination in last_offsets:
                 self._last_forwarded[tenant] = (*destination, last_offsets[destination])
 
     async def _commit(self, force: bool = False) -> None:
@@ -462,6 +496,14 @@ class Router(Service):
             "rates": snapshot.as_dict(),
             "updated_at": now,
         }
+
+
+def servable_lane(lane: object, dedicated_lanes: int) -> int | None:
+    """`lane` if a lane worker reads it (0 <= lane < dedicated_lanes), else None: the shared
+    lane. A lane index restored from state written with more lanes would reach no one."""
+    if isinstance(lane, int) and not isinstance(lane, bool) and 0 <= lane < dedicated_lanes:
+        return lane
+    return None
 
 
 def _iso(timestamp: float) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -47,6 +48,9 @@ class LanewayApp(faust.App):
 
     laneway: Settings
     topic_names: TopicNames
+    # DLQ records this process wrote, by reason: faults it contained (internal_error,
+    # unknown_tenant, event_too_large, kafka_refused) and messages' own errors.
+    dlq_reasons: Counter[str]
     # Awaited before Faust starts its own Kafka clients (the worker waits for the broker there).
     startup_gate: Callable[[], Awaitable[None]] | None = None
 
@@ -57,8 +61,18 @@ class LanewayApp(faust.App):
 
     @property
     def durable_topic_config(self) -> dict[str, str]:
-        """Topic config every Laneway topic is created with (besides its replication factor)."""
-        return {"min.insync.replicas": str(self.laneway.topic_min_insync_replicas)}
+        """Topic config every Laneway topic is created with (besides its replication factor):
+        durability, and the size contract's record limit (the broker default is 1 MiB)."""
+        return {
+            "min.insync.replicas": str(self.laneway.topic_min_insync_replicas),
+            "max.message.bytes": str(self.laneway.max_record_bytes),
+        }
+
+    @property
+    def producer_size_config(self) -> dict[str, int]:
+        """aiokafka producer settings of the size contract: every Laneway producer uses them.
+        (aiokafka's default batch size, 16 KiB, is far below any topic's limit.)"""
+        return {"max_request_size": self.laneway.max_record_bytes}
 
     async def create_topic(
         self,
@@ -127,6 +141,9 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> LanewayApp
         "topic_partitions": settings.ingress_partitions,
         "topic_replication_factor": settings.topic_replication,
         "producer_linger": 0.002,
+        # The size contract (streams/settings.py, docs/limits.md).
+        "producer_max_request_size": settings.max_record_bytes,
+        "consumer_max_fetch_size": settings.max_fetch_bytes,
         # Frequent commits: the router reads them to know when a lane has drained a tenant.
         "broker_commit_interval": 0.5,
         # A crashed worker's partitions move to a live worker after ~10 s instead of Faust's 60 s.
@@ -138,4 +155,5 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> LanewayApp
     app = LanewayApp(settings.app_id, **options)
     app.laneway = settings
     app.topic_names = TopicNames(settings.topic_prefix)
+    app.dlq_reasons = Counter()
     return app

@@ -157,7 +157,13 @@ OUTPUT_EVENT = TypeAdapter(OutputEvent)
 
 
 class DlqRecord(_Record):
-    """A message Laneway could not process, with the reason and the original bytes."""
+    """A message Laneway could not process, with the reason and the original bytes.
+
+    When the original would make the record larger than the size contract allows (see
+    docs/limits.md), or when Kafka refused to carry the output, the record is written *by
+    reference*: `original_base64` is null, and `ref`, `size` and `sha256` identify the original,
+    which the fetch API returns from ingress.
+    """
 
     schema_version: Literal[1] = EVENT_SCHEMA_VERSION
     tenant: str
@@ -168,7 +174,12 @@ class DlqRecord(_Record):
     ref: str
     source: IngressRef
     received_at: str
-    original_base64: str = Field(description="The rejected message's bytes, base64")
+    size: int = Field(description="Length of the original message in bytes")
+    sha256: str = Field(description="SHA-256 of the original message, 64 lower-case hex digits")
+    original_base64: str | None = Field(
+        description="The rejected message's bytes, base64; null when the record is by reference: "
+        "fetch the original by `ref` (GET /api/tenants/{tenant}/messages/{ref})"
+    )
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:

@@ -7,6 +7,18 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# The size contract (docs/limits.md): every limit below derives from `max_message_bytes` (M).
+# An output value (event or DLQ record JSON) may exceed M by this much before it is written by
+# reference instead: enough for a DLQ record's metadata or an event's keys around a message of M.
+VALUE_HEADROOM_BYTES = 16 * 1024
+# A record is its value plus key, headers and record/batch framing: a lane record is an ingress
+# message (M) plus the origin header, an output an output value plus three headers. 64 KiB more
+# than M covers all of them with room to spare, so no record Laneway writes is refused for size.
+RECORD_HEADROOM_BYTES = 64 * 1024
+# Consumers fetch at least this much per partition: smaller fetches cost throughput.
+MIN_FETCH_BYTES = 1024 * 1024
+
 
 class Settings(BaseSettings):
     """Everything an operator can set. Names are part of the public contract (ARCHITECTURE §3)."""
@@ -26,7 +38,7 @@ class Settings(BaseSettings):
     mllp_port: int = Field(default=2575, description="Port of the MLLP listener.")
     mllp_host: str = Field(default="127.0.0.1", description="Interface the MLLP listener binds.")
     max_message_bytes: int = Field(
-        default=4 * 1024 * 1024,
+        default=DEFAULT_MAX_MESSAGE_BYTES,
         ge=64 * 1024,
         description="Largest HL7 message Laneway carries end to end (the size contract).",
     )
@@ -107,6 +119,21 @@ class Settings(BaseSettings):
     ingest_ceiling_factor: float = Field(
         default=20.0, gt=1, description="Ingest slows a sender above this x its contract rate."
     )
+
+    @property
+    def max_value_bytes(self) -> int:
+        """Largest output value (event or DLQ record JSON); a larger one goes by reference."""
+        return self.max_message_bytes + VALUE_HEADROOM_BYTES
+
+    @property
+    def max_record_bytes(self) -> int:
+        """`max.message.bytes` of every Laneway topic and `max_request_size` of every producer."""
+        return self.max_message_bytes + RECORD_HEADROOM_BYTES
+
+    @property
+    def max_fetch_bytes(self) -> int:
+        """`max_partition_fetch_bytes` of every consumer: the largest record fits in one fetch."""
+        return max(self.max_record_bytes, MIN_FETCH_BYTES)
 
     @property
     def broker_url(self) -> str:

@@ -87,6 +87,18 @@ class WorkerProcess:
             time.sleep(0.2)
         raise TimeoutError(f"worker not ready within {ready_timeout_s}s:\n{self.log_tail()}")
 
+    def __enter__(self) -> WorkerProcess:
+        """Started until the `with` block ends, however it ends (a failed start included)."""
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> None:
         if self._process is None or self._process.poll() is not None:
             return

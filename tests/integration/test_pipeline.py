@@ -13,7 +13,7 @@ from streams.hl7.synthetic import MALFORMED_KINDS, SyntheticFeed, batch, malform
 from streams.processing import HEADER_IDEMPOTENCY_KEY, HEADER_TENANT, guess_control_id
 from streams.records import DlqRecord, NormalizedEvent
 from streams.topics import TopicNames
-from tests.integration.kafka_helpers import WorkerProcess, consume_until
+from tests.integration.kafka_helpers import Api, WorkerProcess, consume_until
 
 pytestmark = pytest.mark.integration
 
@@ -22,9 +22,11 @@ VALID_PER_TENANT = 150
 
 
 async def test_mixed_corpus_ends_in_out_or_dlq_for_its_tenant(
-    worker: WorkerProcess, worker_env: dict, producer: AIOKafkaProducer, bootstrap: str
+    worker: WorkerProcess, worker_env: dict, producer: AIOKafkaProducer, bootstrap: str, api: Api
 ) -> None:
     topics = TopicNames(worker_env["LANEWAY_TOPIC_PREFIX"])
+    for tenant in TENANTS:  # unknown tenants' records are never emitted (docs/limits.md)
+        await api.onboard(tenant)
     rng = random.Random(7)
     expected_events: dict[str, list[str]] = defaultdict(list)
     expected_rejects: dict[str, Counter[str]] = defaultdict(Counter)
@@ -70,10 +72,11 @@ async def test_mixed_corpus_ends_in_out_or_dlq_for_its_tenant(
 
 
 async def test_event_carries_headers_and_a_reference_to_its_ingress_record(
-    worker: WorkerProcess, worker_env: dict, producer: AIOKafkaProducer, bootstrap: str
+    worker: WorkerProcess, worker_env: dict, producer: AIOKafkaProducer, bootstrap: str, api: Api
 ) -> None:
     topics = TopicNames(worker_env["LANEWAY_TOPIC_PREFIX"])
     tenant = "ref-check"
+    await api.onboard(tenant)
     message = SyntheticFeed(seed=99, control_id_prefix="REF-").next_message()
     metadata = await (await producer.send(topics.ingress, message, key=tenant.encode()))
 
