@@ -57,6 +57,14 @@ class LanewayCollector(Collector):
             value=broker.brokers,
         )
         yield from self._tenant_metrics(self._book.rows(time.time()))
+        parked = CounterMetricFamily(
+            "laneway_dlq_records",
+            "DLQ records this process wrote, by reason code (a fixed set of codes).",
+            labels=["reason"],
+        )
+        for reason, value in sorted(self._book.app.dlq_reasons.items()):
+            parked.add_metric([reason], value)
+        yield parked
         yield from self._mllp_metrics()
 
     def _tenant_metrics(self, rows: list[TenantStats]) -> Iterator[Metric]:
@@ -127,7 +135,11 @@ class LanewayCollector(Collector):
         for name, text, value in (
             ("connections", "MLLP connections accepted.", mllp.connections_total),
             ("frames", "MLLP frames received.", mllp.frames),
-            ("acks_withheld", "ACKs not sent because MSH-15 asked for none.", mllp.acks_withheld),
+            (
+                "acks_withheld",
+                "Messages answered with no ACK because MSH-15/16 asked for none.",
+                mllp.acks_withheld,
+            ),
             ("stalled_closed", "Connections closed for no progress.", mllp.stalled_closed),
             ("connection_failures", "Connections closed by an error.", mllp.connection_failures),
         ):

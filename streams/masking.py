@@ -207,8 +207,8 @@ def shaper_for(options: OutputOptions, tenant: str, secret: bytes | None) -> Sha
 class OutputShapers:
     """The shaper of each tenant's current options, built once per options version.
 
-    Called once per ingress record, so it must stay a couple of dict lookups. Unknown tenants
-    get None: full, unmasked events.
+    Called once per ingress record, so it must stay a couple of dict lookups. The processor
+    never asks for an unknown tenant: their records are parked, never emitted (unmasked).
     """
 
     __slots__ = ("_cache", "_directory", "_secret")
