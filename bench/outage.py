@@ -34,7 +34,6 @@ import secrets
 import shutil
 import socket
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Sequence
@@ -1055,7 +1054,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     run_id = f"{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(2)}"
     logs = REPO / ".run" / "bench" / f"outage-{run_id}"
-    kafka_root = Path(tempfile.mkdtemp(prefix="laneway-outage-"))
+    # Broker logs stay beside the worker logs when a run fails (data is wiped either way).
+    kafka_root = logs / "kafka"
     scenarios: list[tuple[str, Scenario]] = []
     reports: list[ScenarioReport] = []
     try:
@@ -1078,10 +1078,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 fault: Fault = ("cluster-broker-kill", "kill", args.cluster_down_s)
                 reports.append(await cluster.run([fault], args.steady_s))
     finally:
-        shutil.rmtree(kafka_root, ignore_errors=True)
         if any(scenario.senders for _, scenario in scenarios):
             RESULTS_DIR.mkdir(parents=True, exist_ok=True)
             plot(scenarios, RESULTS_DIR / "outage.png")
+    shutil.rmtree(kafka_root, ignore_errors=True)
     results = aggregate(reports)
     results["targets_missed"] = [name for name, met in TARGETS.items() if not met(results)]
     if results["targets_missed"]:
