@@ -27,7 +27,8 @@ def _tenant_option(value: str) -> str:
     argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False)),
 )
 async def send_hl7(self: AppCommand, tenant: str, files: tuple[str, ...], **_: Any) -> None:
-    """Write HL7 files to the ingress topic for TENANT, one ingress record per file."""
+    """Write HL7 files to the ingress topic for TENANT (onboarded: records of unknown tenants
+    are parked in the unrouted DLQ), one ingress record per file."""
     app: LanewayApp = self.app  # type: ignore[assignment]
     producer = await app.maybe_start_producer()
     await app.declare_ingress()

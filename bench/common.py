@@ -13,11 +13,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
+
+from streams.auth import hash_token, new_token
+from streams.tenants import TenantRecord, TenantSpec
+from streams.topics import TopicNames
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "bench" / "results"
@@ -94,6 +100,23 @@ async def create_topics(
         topic, code = entry[0], entry[1]
         if code not in (0, TopicAlreadyExistsError.errno):
             raise for_code(code)(f"creating topic {topic}")
+
+
+async def write_tenant_configs(
+    admin: AIOKafkaAdminClient,
+    producer: AIOKafkaProducer,
+    topics: TopicNames,
+    specs: Iterable[TenantSpec],
+) -> None:
+    """Onboard tenants as POST /api/tenants stores them, straight into the tenants topic: fast
+    for thousands, and the workers read them at start (their out/DLQ topics come on first use).
+    Records of tenants nobody onboarded are parked, never processed."""
+    await create_topics(admin, [topics.tenants], 1, {"cleanup.policy": "compact"})
+    now = datetime.now(UTC)
+    for spec in specs:
+        record = TenantRecord.create(spec, hash_token(new_token()), now)
+        await producer.send(topics.tenants, record.to_json(), key=record.id.encode())
+    await producer.flush()
 
 
 def rss_bytes(pid: int) -> int:

@@ -68,13 +68,13 @@ from bench.common import (
     log,
     rss_bytes,
     run_bench,
+    write_tenant_configs,
 )
 from bench.throughput import Kafka, clean_up, git_commit, kafka_version
-from streams.auth import hash_token, new_token
 from streams.hl7.synthetic import ADT_TRIGGERS, VERSIONS, adt, oru
 from streams.processing import HEADER_IDEMPOTENCY_KEY
 from streams.settings import Settings
-from streams.tenants import SenderIdentity, TenantRecord, TenantSpec
+from streams.tenants import SenderIdentity, TenantSpec
 from streams.topics import TopicNames
 
 QUIET_TENANTS = [f"quiet-{index:02d}" for index in range(1, 20)]
@@ -504,20 +504,17 @@ async def calibrate(kafka: Kafka, run: Run, corpus: Corpus, messages: int) -> di
 async def idle_tenant_memory(kafka: Kafka, run: Run, count: int) -> dict[str, Any]:
     """RSS of a shared worker with `count` configured idle tenants vs one with none."""
     loaded_env, empty_env = run.worker_env("idle"), run.worker_env("empty")
-    tenants_topic = TopicNames(loaded_env["LANEWAY_TOPIC_PREFIX"]).tenants
-    await create_topics(kafka.admin, [tenants_topic], 1, {"cleanup.policy": "compact"})
-    log(f"idle tenants: writing {count:,} tenant configs to {tenants_topic}")
-    now = datetime.now(UTC)
-    for index in range(count):
-        spec = TenantSpec(
+    topics = TopicNames(loaded_env["LANEWAY_TOPIC_PREFIX"])
+    log(f"idle tenants: writing {count:,} tenant configs to {topics.tenants}")
+    specs = (
+        TenantSpec(
             id=f"idle-{index:05d}",
             name=f"Idle tenant {index}",
             senders=[SenderIdentity(application=f"IDLE{index:05d}", facility="IDLE_FACILITY")],
         )
-        # What POST /api/tenants stores (its out/DLQ topics live on the broker, not the worker).
-        record = TenantRecord.create(spec, hash_token(new_token()), now)
-        await kafka.producer.send(tenants_topic, record.to_json(), key=record.id.encode())
-    await kafka.producer.flush()
+        for index in range(count)
+    )
+    await write_tenant_configs(kafka.admin, kafka.producer, topics, specs)
     loaded = run.shared_worker("idle-loaded", loaded_env)
     empty = run.shared_worker("idle-empty", empty_env)
     loaded_port, empty_port = (

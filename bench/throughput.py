@@ -49,8 +49,10 @@ from bench.common import (
     free_port,
     log,
     run_bench,
+    write_tenant_configs,
 )
 from streams.hl7.synthetic import ADT_TRIGGERS, VERSIONS, adt, oru
+from streams.tenants import TenantSpec
 from streams.topics import TopicNames
 
 WARMUP_MESSAGES = 200
@@ -324,6 +326,9 @@ async def measure(
     args: argparse.Namespace,
 ) -> SystemResult:
     await create_topics(kafka.admin, [system.topics.ingress], system.partitions)
+    if system.label == "pipeline":  # Laneway processes only the tenants it knows
+        specs = (TenantSpec(id=t.decode(), name=t.decode(), senders=[]) for t in tenants)
+        await write_tenant_configs(kafka.admin, kafka.producer, system.topics, specs)
     log(f"{system.label}: starting consumer process (log {system.process.log_path})")
     system.process.start()
     try:
