@@ -39,12 +39,19 @@ async def probe(client: AIOKafkaClient) -> tuple[int, str]:
     return len(metadata.brokers()), ""
 
 
-def _client(app: LanewayApp) -> AIOKafkaClient:
-    return AIOKafkaClient(
+async def _bootstrapped_client(app: LanewayApp) -> AIOKafkaClient:
+    """A client that has reached the cluster once; raises (and closes it) when nobody answers."""
+    client = AIOKafkaClient(
         bootstrap_servers=app.laneway.bootstrap_servers,
         request_timeout_ms=int(PROBE_TIMEOUT_S * 1000),
         client_id=f"{app.conf.id}-broker-watch",
     )
+    try:
+        await asyncio.wait_for(client.bootstrap(), PROBE_TIMEOUT_S)
+    except BaseException:
+        await client.close()
+        raise
+    return client
 
 
 async def wait_for_broker(app: LanewayApp) -> None:
@@ -53,14 +60,15 @@ async def wait_for_broker(app: LanewayApp) -> None:
     link = BrokerLink()
     bootstrap = app.laneway.kafka_bootstrap
     while True:
-        client = _client(app)
         try:
-            await asyncio.wait_for(client.bootstrap(), PROBE_TIMEOUT_S)
-            brokers, error = await probe(client)
+            client = await _bootstrapped_client(app)
         except Exception as failure:
             brokers, error = 0, type(failure).__name__
-        finally:
-            await client.close()
+        else:
+            try:
+                brokers, error = await probe(client)
+            finally:
+                await client.close()
         if brokers:
             if not link.up:
                 log.warning("Kafka at %s answers: starting", bootstrap)
@@ -106,14 +114,11 @@ class BrokerWatch(Service):
     async def check(self) -> None:
         """Probe once and log whatever changed."""
         if self._client is None:
-            client = _client(self.app)
             try:
-                await asyncio.wait_for(client.bootstrap(), PROBE_TIMEOUT_S)
+                self._client = await _bootstrapped_client(self.app)
             except Exception as failure:
-                await client.close()
                 self._observe(0, type(failure).__name__)
                 return
-            self._client = client
         self._observe(*await probe(self._client))
 
     def _observe(self, brokers: int, error: str) -> None:

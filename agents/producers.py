@@ -83,9 +83,9 @@ class RenewingProducer:
 
     async def _renew(self, broken: AIOKafkaProducer) -> None:
         try:
-            fresh = AIOKafkaProducer(**self._config)
             delay = 0.1
             while True:
+                fresh = AIOKafkaProducer(**self._config)
                 try:
                     await fresh.start()
                     break
@@ -94,7 +94,6 @@ class RenewingProducer:
                         await fresh.stop()
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
-                    fresh = AIOKafkaProducer(**self._config)
             self._producer = fresh
             self.renewals += 1
             log.info("%s producer renewed after a failed delivery", self.name)
