@@ -107,7 +107,7 @@ RSS_SAMPLES = 5
 # Command-line marks of other Laneway workers, benches and test runs sharing the host.
 COMPETITOR_MARKS = ("faust", " -m bench.", " -m pytest")
 
-# Acceptance (see the module docstring and ARCHITECTURE invariant 3).
+# Acceptance (see the module docstring and docs/architecture.md invariant 3).
 PROMOTION_BUDGET_S = 3.0
 RECOVERY_BUDGET_S = 5.0
 NAIVE_FACTOR = 10.0

@@ -21,7 +21,10 @@ MIN_FETCH_BYTES = 1024 * 1024
 
 
 class Settings(BaseSettings):
-    """Everything an operator can set. Names are part of the public contract (ARCHITECTURE §3)."""
+    """Everything an operator can set.
+
+    Names are part of the public contract (docs/architecture.md §3).
+    """
 
     model_config = SettingsConfigDict(
         env_prefix="LANEWAY_", env_file=".env", env_file_encoding="utf-8", extra="ignore"

@@ -1,7 +1,7 @@
-"""Topic names: the layout is part of the public contract (ARCHITECTURE §3).
+"""Topic names: the layout is part of the public contract (docs/architecture.md §3).
 
 Ingress and lane topics are keyed by the tenant id as raw bytes, so one serializer is used for
-every tenant-keyed topic and table (FAUST-NOTES: mixed key serializers break partitioning).
+every tenant-keyed topic and table (docs/faust-notes.md: mixed key serializers break partitioning).
 """
 
 from __future__ import annotations

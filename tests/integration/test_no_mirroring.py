@@ -1,4 +1,4 @@
-"""No mirroring, proved (ARCHITECTURE §1 and invariant 5) on the real process topology.
+"""No mirroring, proved (docs/architecture.md §1 and invariant 5) on the real process topology.
 
 Over 10,000 messages carrying PHI markers unique to this run (names, MRNs, SSNs, phones,
 addresses, visit and order numbers, free text, NTE and Z segments) go through a shared worker

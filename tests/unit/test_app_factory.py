@@ -1,4 +1,4 @@
-"""The app factory applies the settings the design depends on (FAUST-NOTES)."""
+"""The app factory applies the settings the design depends on (docs/faust-notes.md)."""
 
 from __future__ import annotations
 
