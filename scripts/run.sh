@@ -16,8 +16,7 @@ if [[ -z "${LANEWAY_ADMIN_TOKEN:-}" ]]; then
   [[ -s "$TOKEN_FILE" ]] || .venv/bin/python -c "import secrets; print(secrets.token_urlsafe(24))" >"$TOKEN_FILE"
   LANEWAY_ADMIN_TOKEN="$(cat "$TOKEN_FILE")"
   export LANEWAY_ADMIN_TOKEN
-  echo "==> admin token in $TOKEN_FILE"
-fi
+  fi
 
 PIDS=()
 stop_workers() {
@@ -56,7 +55,11 @@ $FAUST -A agents.lane_worker worker -l info >"$LOG_DIR/lane-worker.log" 2>&1 &
 PIDS+=($!)
 wait_ready "lane worker" "${PIDS[1]}" "$LOG_DIR/lane-worker.log"
 
+TOKEN_HINT="${TOKEN_FILE:-your LANEWAY_ADMIN_TOKEN}"
+echo "==> where to look"
+echo "    dashboard:  http://127.0.0.1:$WEB_PORT/dashboard (sign in with the admin token in $TOKEN_HINT)"
+echo "    metrics:    http://127.0.0.1:$WEB_PORT/metrics (Prometheus)"
 echo "    admin API:  http://127.0.0.1:$WEB_PORT/api/tenants (Authorization: Bearer <admin token>)"
-echo "    events land on laneway.out.<tenant>, rejects on laneway.dlq.<tenant> (see README)"
+echo "    events:     $FAUST -A agents.worker consume --tenant st-marys --follow   (--dlq: rejects)"
 echo "==> sending demo traffic; Ctrl-C to stop"
 $FAUST -A agents.worker demo-traffic "$@"
