@@ -11,10 +11,11 @@ WORKDIR /app
 
 # Only what the package needs: the build context also holds .venv/ and .run/ (Kafka jars, data).
 # README.md* : pyproject names README.md as the readme; the glob keeps COPY working if it is absent.
-COPY pyproject.toml README.md* ./
+COPY pyproject.toml requirements.lock README.md* ./
 COPY streams ./streams
 COPY agents ./agents
-RUN pip install .
+# The lock as constraints: runtime dependencies only, at the versions CI tested.
+RUN pip install -c requirements.lock .
 
 RUN useradd --system --create-home --home-dir /home/laneway laneway \
     && mkdir -p /var/lib/laneway \

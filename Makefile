@@ -7,19 +7,25 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv browser kafka-up kafka-down run worker test test-unit lint format bench bench-throughput bench-mllp bench-isolation bench-dashboard bench-codec bench-outage schema clean
+.PHONY: help venv lock browser kafka-up kafka-down run worker test test-unit lint format bench bench-throughput bench-mllp bench-isolation bench-dashboard bench-codec bench-outage schema clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
-	@echo "==> creating $(VENV) and installing Laneway with dev extras"
+# Installs exactly the versions in requirements.lock (what CI tested), then Laneway itself.
+$(STAMP): pyproject.toml requirements.lock
+	@echo "==> creating $(VENV) and installing the locked dependencies and Laneway"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --upgrade pip
-	@$(PY) -m pip install --quiet -e '.[dev,bench]'
+	@$(PY) -m pip install --quiet -r requirements.lock
+	@$(PY) -m pip install --quiet --no-deps -e .
 	@touch $@
 
 venv: $(STAMP) ## Create the virtualenv and install (idempotent)
+
+lock: $(STAMP) ## Re-resolve requirements.lock after a change to pyproject.toml's dependencies (keeps pins that still fit)
+	@$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra bench --universal \
+		--python-version 3.11 --no-header --annotation-style line --quiet -o requirements.lock
 
 KAFKA_NODES ?= 1
 kafka-up: $(STAMP) ## Start the local Kafka 4.x (KRaft) broker (KAFKA_NODES=3: a 3-node cluster) unless LANEWAY_KAFKA_BOOTSTRAP points elsewhere
