@@ -96,8 +96,8 @@ class BufferBudget:
     Each connection resizes its `Hold` to what it buffers. A shrink never waits and hands the
     freed room to those waiting. A growth that does not fit waits, first come first served: a
     waiting connection is never overtaken, so a large frame cannot be starved by a stream of
-    small ones. Nothing here bounds the wait; the listener bounds it with the frame deadline,
-    and every holder is bounded the same way, so room always comes back.
+    small ones. Nothing here bounds the wait: the listener bounds it with the frame deadline,
+    and every holder lets go in bounded time (docs/limits.md), so room always comes back.
     """
 
     def __init__(self, capacity: int) -> None:
