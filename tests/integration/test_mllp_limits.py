@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -33,6 +34,9 @@ FRAME_LIMIT = 64 * 1024
 BUDGET = 4 * FRAME_LIMIT
 PARTIAL_BYTES = 60_000  # most of a frame, under the message limit so that it is accepted
 SLOW_CONNECTIONS = 6
+# Messages in one frame from a tenant whose ingest ceiling is 20 msg/s with a burst of 20 (a
+# contract of 1 msg/s, burst 1, times the ceiling factor 20): its ACKs are held ~4 s.
+CEILING_BATCH = 100
 WAIT_S = 30.0
 
 
@@ -227,6 +231,36 @@ async def test_a_frame_trickled_a_byte_a_second_is_closed_at_the_frame_deadline(
     assert FRAME_TIMEOUT_S * 0.9 <= open_for_s < FRAME_TIMEOUT_S + MAX_LATENCY_S, open_for_s
     # Meanwhile the well-behaved sender's one connection outlived the deadline, unharmed.
     assert after["frame_timeout"] == before["frame_timeout"] + 1
+
+
+async def test_time_spent_answering_earlier_frames_does_not_count_against_the_next(
+    limited: WorkerProcess, admin_token: str, bootstrap: str
+) -> None:
+    """A frame of 100 messages from a tenant with a 20 msg/s ceiling has its ACKs held ~4 s,
+    past the 3 s frame deadline. The next frame, started in the same write and finished once
+    those ACKs came, is answered: its deadline runs from when Laneway got to it."""
+    sender = Sender("HELD-APP", f"HELD-{uuid.uuid4().hex[:8].upper()}")
+    senders = [{"application": sender.application, "facility": sender.facility}]
+    async with scene(limited, admin_token) as lab:
+        await lab.api.onboard(
+            f"held-{uuid.uuid4().hex[:8]}", senders=senders, rate_per_s=1, burst=1
+        )
+        before = await lab.settle()
+        batch = b"".join(message(sender, f"HELD-{index:03d}") for index in range(CEILING_BATCH))
+        following = frame(message(sender, "FOLLOWING"))
+        async with quiet_tenant(lab.api, bootstrap, lab.topics), connection(lab.port) as client:
+            sent = time.monotonic()
+            await client.send_raw(frame(batch) + following[:10])
+            held = [await client.ack() for _ in range(CEILING_BATCH)]
+            await_hold = time.monotonic() - sent
+            await client.send_raw(following[10:])
+            after_hold = await client.ack()
+        after = await lab.limit_hits()
+
+    assert await_hold > FRAME_TIMEOUT_S, "the ceiling did not hold the ACKs past the deadline"
+    assert [ack.code for ack in held] == ["AA"] * CEILING_BATCH
+    assert (after_hold.code, after_hold.acked_id) == ("AA", "FOLLOWING")
+    assert after["frame_timeout"] == before["frame_timeout"]
 
 
 async def test_partial_frames_past_the_buffer_budget_wait_while_small_frames_flow(
