@@ -20,6 +20,9 @@ Protocol problems, per connection:
 - no progress for `mllp_idle_timeout_s` (no bytes from the sender, or ACKs it does not read)
   closes the connection.
 
+An unexpected failure is logged (its type and place, never content) and closes that connection
+only. Message bytes are never logged: they are PHI.
+
 Resource limits (pure logic in streams/mllp_limits.py; docs/limits.md says what a sender gets):
 - a connection over `mllp_max_connections`, or over `mllp_max_connections_per_source` from its
   source address, is closed as soon as it is accepted;
@@ -29,8 +32,6 @@ Resource limits (pure logic in streams/mllp_limits.py; docs/limits.md says what 
   that needs more stops being read (TCP pushes back on its sender) until others' frames end or
   are closed at their deadline. Frames that end within one read need no room, so small frames
   keep flowing while large partial ones fill the budget.
-An unexpected failure is logged (its type and place, never content) and closes that connection
-only. Message bytes are never logged: they are PHI.
 """
 
 from __future__ import annotations
