@@ -32,6 +32,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from agents.mllp_listener import MllpCounters
 from agents.stats_api import FLAGS, StatsBook, TenantStats
 from streams.app import LanewayApp
+from streams.mllp_limits import Limit
 
 WINDOWS = {"10s": "rate_10s", "1m": "rate_1m", "5m": "rate_5m"}
 
@@ -156,6 +157,20 @@ class LanewayCollector(Collector):
         for kind, value in sorted(mllp.framing_errors.items()):
             framing.add_metric([str(kind)], value)
         yield framing
+        limits = CounterMetricFamily(
+            "laneway_mllp_limit_hits",
+            "MLLP resource limits hit: connections refused (in total, per source address), "
+            "connections closed at the frame deadline, reads paused for buffer room.",
+            labels=["limit"],
+        )
+        for limit in Limit:  # every limit, hit or not, so that alerts see a zero
+            limits.add_metric([str(limit)], mllp.limit_hits[limit])
+        yield limits
+        yield GaugeMetricFamily(
+            "laneway_mllp_buffered_bytes",
+            "Bytes held by partial MLLP frames (and frames being answered), all connections.",
+            value=mllp.buffers.used,
+        )
 
 
 def _lane_label(row: TenantStats) -> str:

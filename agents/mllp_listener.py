@@ -19,8 +19,19 @@ Protocol problems, per connection:
   framing, so nothing it sends next can be trusted to be whole;
 - no progress for `mllp_idle_timeout_s` (no bytes from the sender, or ACKs it does not read)
   closes the connection.
+
 An unexpected failure is logged (its type and place, never content) and closes that connection
 only. Message bytes are never logged: they are PHI.
+
+Resource limits (pure logic in streams/mllp_limits.py; docs/limits.md says what a sender gets):
+- a connection over `mllp_max_connections`, or over `mllp_max_connections_per_source` from its
+  source address, is closed as soon as it is accepted;
+- a frame must end within `mllp_frame_timeout_s` of its VT, counting only the time spent waiting
+  for the sender's bytes (or for buffer room), else the connection is closed (slowloris);
+- partial frames of all connections together hold at most `buffer_limit` bytes: a connection
+  that needs more stops being read (TCP pushes back on its sender) until others' frames end or
+  are closed at their deadline. Frames that end within one read need no room, so small frames
+  keep flowing while large partial ones fill the budget.
 """
 
 from __future__ import annotations
@@ -28,11 +39,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import traceback
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from ipaddress import ip_address
+from typing import TypeVar
 
 from mode import Service
 
@@ -41,10 +55,21 @@ from agents.registry import TenantRegistry
 from streams.app import LanewayApp
 from streams.hl7.ack import message_too_large
 from streams.hl7.header import read_header_lenient
-from streams.mllp import Frame, FramingError, FramingErrorKind, MllpDecoder, frame
+from streams.mllp import (
+    FS,
+    VT,
+    Frame,
+    FrameEvent,
+    FramingError,
+    FramingErrorKind,
+    MllpDecoder,
+    frame,
+)
+from streams.mllp_limits import BufferBudget, ConnectionGate, FrameClock, Hold, Limit
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 READ_BYTES = 64 * 1024
 # Connections arriving together (a fleet reconnecting after a network blip) must not be
@@ -58,8 +83,9 @@ OVERSIZE_LINGER_S = 10.0
 
 @dataclass(slots=True)
 class MllpCounters:
-    """Running totals since start, for metrics."""
+    """Running totals since start, for metrics, and the buffer budget (its `used` is a gauge)."""
 
+    buffers: BufferBudget
     connections_open: int = 0
     connections_total: int = 0
     frames: int = 0
@@ -68,6 +94,9 @@ class MllpCounters:
     framing_errors: Counter[str] = field(default_factory=Counter)  # by FramingErrorKind
     stalled_closed: int = 0  # closed for no progress within the idle timeout
     connection_failures: int = 0  # closed by an unexpected error
+    # By Limit: connections refused (total, per source), closed at the frame deadline, and
+    # reads paused for lack of buffer room.
+    limit_hits: Counter[Limit] = field(default_factory=Counter)
 
 
 def frame_limit(settings: Settings) -> int:
@@ -76,8 +105,18 @@ def frame_limit(settings: Settings) -> int:
     return max(settings.mllp_max_frame_bytes, settings.max_message_bytes)
 
 
+def buffer_limit(settings: Settings) -> int:
+    """Bytes all partial frames may hold together: at least one frame of `frame_limit`, so that
+    a frame always fits once the others have let go."""
+    return max(settings.mllp_max_buffered_bytes, frame_limit(settings))
+
+
 class _Stalled(Exception):
     """No progress on a connection within the idle timeout."""
+
+
+class _FrameTimeout(Exception):
+    """A frame did not end within the frame deadline."""
 
 
 class MllpListener(Service):
@@ -90,7 +129,11 @@ class MllpListener(Service):
         self.app = app
         self.registry = registry
         self.ingest = ingest
-        self.counters = MllpCounters()
+        settings = app.laneway
+        self.counters = MllpCounters(BufferBudget(buffer_limit(settings)))
+        self._gate = ConnectionGate(
+            settings.mllp_max_connections, settings.mllp_max_connections_per_source
+        )
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
@@ -115,13 +158,17 @@ class MllpListener(Service):
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One connection from accept to close; asyncio runs it as a task of its own."""
+        peer = _peer_address(writer)
+        counters = self.counters
+        refused = self._gate.admit(peer)
+        if refused is not None:
+            self._refuse(refused, peer, writer)
+            return
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
-        counters = self.counters
         counters.connections_open += 1
         counters.connections_total += 1
-        peer = _peer_address(writer)
         try:
             await self._converse(reader, writer, peer)
         except asyncio.CancelledError:
@@ -134,6 +181,15 @@ class MllpListener(Service):
             counters.stalled_closed += 1
             log.info("closing MLLP connection from %s: %s", peer, stall)
             writer.transport.abort()  # whatever is still unsent will never be read
+        except _FrameTimeout:
+            counters.limit_hits[Limit.FRAME_TIMEOUT] += 1
+            log.warning(
+                "closing MLLP connection from %s: a frame did not end within "
+                "LANEWAY_MLLP_FRAME_TIMEOUT_S (%s s)",
+                peer,
+                self.app.laneway.mllp_frame_timeout_s,
+            )
+            writer.transport.abort()
         except Exception as error:
             counters.connection_failures += 1
             log.error(
@@ -144,22 +200,94 @@ class MllpListener(Service):
             )
         finally:
             counters.connections_open -= 1
+            self._gate.leave(peer)
             self._connections.discard(task)
             writer.close()
+
+    def _refuse(self, limit: Limit, peer: Peer, writer: asyncio.StreamWriter) -> None:
+        """Close a connection over a connection limit at once. MLLP has no refusal of its own:
+        the sender sees the connection closed and, as after any lost connection, reconnects
+        with back-off and resends what was not ACKed."""
+        self.counters.limit_hits[limit] += 1
+        if limit is Limit.CONNECTIONS_TOTAL:
+            log.warning(
+                "MLLP connection from %s refused: LANEWAY_MLLP_MAX_CONNECTIONS (%d) are open",
+                peer,
+                self._gate.max_total,
+            )
+        else:
+            log.warning(
+                "MLLP connection from %s refused: LANEWAY_MLLP_MAX_CONNECTIONS_PER_SOURCE (%d) "
+                "are open from this address",
+                peer,
+                self._gate.max_per_source,
+            )
+        writer.close()
 
     async def _converse(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer
     ) -> None:
-        """Read, decode and answer until the sender closes or a framing error ends it."""
-        decoder = MllpDecoder(frame_limit(self.app.laneway))
-        while data := await self._read(reader):
-            for event in decoder.feed(data):
-                if isinstance(event, Frame):
-                    self.counters.frames += 1
-                    for result in await self.ingest.from_sender(event.payload, peer):
-                        await self._answer(result, writer)
-                elif not await self._keep_going_after(event, reader, writer, peer):
+        """Read, decode and answer until the sender closes or a framing error ends it.
+
+        Each read is split after its last FS: the frames that end in it are answered first, with
+        the room their partial start held; then the rest, the start of a frame that goes on, is
+        buffered once the budget has room for it."""
+        settings = self.app.laneway
+        decoder = MllpDecoder(frame_limit(settings))
+        clock = FrameClock(settings.mllp_frame_timeout_s)
+        buffers, hold = self.counters.buffers, Hold()
+        try:
+            while data := await self._read(reader, clock if decoder.in_frame else None):
+                ended = data.rfind(FS) + 1
+                if ended:
+                    if not await self._handle(decoder.feed(data[:ended]), reader, writer, peer):
+                        return
+                    buffers.try_resize(hold, decoder.buffered_bytes)  # a shrink: never waits
+                rest = data[ended:]
+                if not rest:
+                    continue
+                if VT in rest:
+                    clock.restart()  # the deadline runs from the VT of the frame left partial
+                await self._make_room(hold, decoder.buffered_after(rest), clock, peer)
+                events = decoder.feed(rest)
+                buffers.try_resize(hold, decoder.buffered_bytes)  # no frame ends in `rest`
+                if not await self._handle(events, reader, writer, peer):
                     return
+        finally:
+            buffers.release(hold)
+
+    async def _handle(
+        self,
+        events: list[FrameEvent],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer: Peer,
+    ) -> bool:
+        """Answer the frames and framing errors of one feed; False when the connection ends."""
+        for event in events:
+            if isinstance(event, Frame):
+                self.counters.frames += 1
+                for result in await self.ingest.from_sender(event.payload, peer):
+                    await self._answer(result, writer)
+            elif not await self._keep_going_after(event, reader, writer, peer):
+                return False
+        return True
+
+    async def _make_room(self, hold: Hold, size: int, clock: FrameClock, peer: Peer) -> None:
+        """Grow this connection's share of the buffer budget to `size`. While others' partial
+        frames fill the budget, nothing is read: the sender's bytes wait in TCP buffers, and
+        the wait counts against this frame's deadline."""
+        buffers = self.counters.buffers
+        if buffers.try_resize(hold, size):
+            return
+        self.counters.limit_hits[Limit.BUFFERED_BYTES] += 1
+        log.warning(
+            "MLLP partial frames fill LANEWAY_MLLP_MAX_BUFFERED_BYTES (%d bytes): "
+            "reading paused on a connection from %s",
+            buffers.capacity,
+            peer,
+        )
+        await self._wait(buffers.resize(hold, size), clock, idle_timeout_s=None)
 
     async def _keep_going_after(
         self,
@@ -198,13 +326,30 @@ class MllpListener(Service):
         except TimeoutError:
             raise _Stalled("the sender does not read its ACKs") from None
 
-    async def _read(self, reader: asyncio.StreamReader) -> bytes:
-        """The next bytes from the sender, b"" once it has closed its side."""
+    async def _read(self, reader: asyncio.StreamReader, clock: FrameClock | None) -> bytes:
+        """The next bytes from the sender, b"" once it has closed its side; `clock`: the frame
+        being received, if any."""
+        idle_timeout_s = self.app.laneway.mllp_idle_timeout_s
+        return await self._wait(reader.read(READ_BYTES), clock, idle_timeout_s=idle_timeout_s)
+
+    async def _wait(
+        self, waiting: Awaitable[T], clock: FrameClock | None, *, idle_timeout_s: float | None
+    ) -> T:
+        """`waiting`, within the idle timeout and the frame's deadline, whichever comes first;
+        the time it took is charged to the frame's clock."""
+        frame_s = None if clock is None else clock.remaining()
+        timeouts = [s for s in (idle_timeout_s, frame_s) if s is not None]
+        started = time.monotonic()
         try:
-            async with asyncio.timeout(self.app.laneway.mllp_idle_timeout_s):
-                return await reader.read(READ_BYTES)
+            async with asyncio.timeout(min(timeouts) if timeouts else None):
+                return await waiting
         except TimeoutError:
+            if frame_s is not None and (idle_timeout_s is None or frame_s <= idle_timeout_s):
+                raise _FrameTimeout from None
             raise _Stalled("no bytes from the sender within the idle timeout") from None
+        finally:
+            if clock is not None:
+                clock.charge(time.monotonic() - started)
 
     async def _linger(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Signal the end of our answers, then discard what the sender still writes."""

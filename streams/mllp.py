@@ -78,6 +78,28 @@ class MllpDecoder:
         self._partial = bytearray()  # the start of a frame split across chunks
         self._garbage_reported = False
 
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of the partial frame held now."""
+        return len(self._partial)
+
+    @property
+    def in_frame(self) -> bool:
+        """Between a frame's VT and its end (FS, or the VT of the next frame)."""
+        return self._state in (_State.IN_FRAME, _State.SKIPPING)
+
+    def buffered_after(self, data: bytes) -> int:
+        """At least `buffered_bytes` once `data` is fed, at most the frame limit: the room a
+        connection needs before it feeds `data`. Exact unless `data` makes a frame oversize."""
+        start, end = data.rfind(_START_BLOCK), data.rfind(_END_BLOCK)
+        if start > end:  # a frame starts in `data` and does not end there
+            held = len(data) - start - 1
+        elif end != -1:  # the last frame in `data` ends in it
+            held = 0
+        else:
+            held = len(self._partial) + len(data) if self._state is _State.IN_FRAME else 0
+        return min(held, self._max_frame_bytes)
+
     def feed(self, data: bytes) -> list[FrameEvent]:
         events: list[FrameEvent] = []
         position, length = 0, len(data)

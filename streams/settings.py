@@ -51,6 +51,30 @@ class Settings(BaseSettings):
     mllp_idle_timeout_s: float = Field(
         default=300.0, gt=0, description="An MLLP connection silent this long is closed."
     )
+    # MLLP resource limits (docs/limits.md, "MLLP connection limits").
+    mllp_max_connections: int = Field(
+        default=1000, ge=1, description="Most open MLLP connections; more are closed at accept."
+    )
+    mllp_max_connections_per_source: int = Field(
+        default=100,
+        ge=1,
+        description="Most open MLLP connections from one source address; more are closed at "
+        "accept. Room for an interface engine that sends many feeds from one address.",
+    )
+    mllp_frame_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A frame must end (FS) within this many seconds of its start (VT), however "
+        "its bytes trickle in, or its connection is closed. A full-size frame (4 MiB) needs "
+        "about 70 KB/s.",
+    )
+    mllp_max_buffered_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Most bytes of partial frames held by all MLLP connections together (raised "
+        "to one frame limit if below it); a connection that would exceed it stops being read "
+        "until there is room.",
+    )
     http_max_body_bytes: int = Field(
         default=8 * 1024 * 1024, ge=1024, description="Largest HTTP ingest body (413 above)."
     )

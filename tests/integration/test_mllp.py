@@ -164,8 +164,11 @@ class MllpClient:
 
 
 @contextlib.asynccontextmanager
-async def connection(port: int) -> AsyncIterator[MllpClient]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def connection(port: int, source: str | None = None) -> AsyncIterator[MllpClient]:
+    """A connection to the listener, from `source` (another loopback address, e.g. 127.0.0.2,
+    for a distinct source address) if given."""
+    local_addr = None if source is None else (source, 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=local_addr)
     try:
         yield MllpClient(reader, writer)
     finally:
