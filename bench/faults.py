@@ -140,6 +140,9 @@ STALL_RULE = (
     "shared lane's partitions and the processor's group (<app id>)."
 )
 P99_RATIO_TARGET = 2.0
+# After onboarding the faulty and victim tenants (their topics are created then), before the
+# steady window opens: neither window should carry that start-up.
+WARMUP_S = 5.0
 
 ACCEPTED_CODES = frozenset(("AA", "CA"))
 Transport = Literal["mllp", "http"]
@@ -1101,6 +1104,7 @@ async def _measure(args: argparse.Namespace, env: dict[str, str], bootstrap: str
                     frame_limit=max(MAX_MESSAGE_BYTES, 4 * 1024 * 1024),
                 )
                 log(f"quiet tenant {quiet.tenant_id} flowing; faulty {scene.faulty.id} beside it")
+                await asyncio.sleep(WARMUP_S)  # outside both measurement windows
                 run.steady_start = time.monotonic()
                 log(f"steady phase: {args.steady_s:g} s without faults")
                 await asyncio.sleep(args.steady_s)  # the measurement window itself
