@@ -598,7 +598,9 @@ class FaultScene:
         if kind == "partial":
             whole = frame(self._part("valid", draw, ids))
             cut = draw.integer(1, len(whole) - 2)  # the FS (which ends a frame) stays unsent
-            return FaultCase(kind, transport, (whole[:cut],), tuple(ids), abort=True)
+            abort = draw.choice((True, False))  # a reset, or a clean close with the frame open
+            chunks = (whole[:cut],)
+            return FaultCase(kind, transport, chunks, tuple(ids), abort=abort, expected_acks=0)
         if kind == "slow":
             whole = frame(self._part("valid", draw, ids))
             pieces = draw.integer(2, 6)
