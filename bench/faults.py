@@ -819,7 +819,8 @@ class FaultScene:
 
 
 def p99_ms(quiet: QuietTenant, start: float, end: float) -> float | None:
-    """Nearest-rank p99 of send -> arrival of the quiet messages sent in [start, end)."""
+    """Nearest-rank p99, in ms, of the quiet messages sent in [start, end): from their 202
+    (quiet_tenant records the time once the answer is in) to their arrival in out."""
     latencies = sorted(
         quiet.arrived[c] - sent
         for c, sent in quiet.sent.items()
@@ -998,7 +999,7 @@ def plot(run: Run, quiet: QuietTenant, router: ProgressMonitor, path: Path) -> N
               if c in quiet.arrived]  # fmt: skip
     latency_axes.scatter([p[0] for p in points], [p[1] for p in points], s=4, rasterized=True)
     latency_axes.set(
-        title="quiet tenant: send -> arrival on its out topic (fault phase shaded)",
+        title="quiet tenant: 202 -> arrival on its out topic (fault phase shaded)",
         ylabel="latency (ms)",
         yscale="log",
     )

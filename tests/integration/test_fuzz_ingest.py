@@ -5,7 +5,7 @@ quiet tenant on the same ingress partition streams beside it.
 
 Every fault input is accounted for (refused with a reason or the connection closed for its
 framing, or accepted and then in the tenant's out or DLQ exactly once; nothing in any other
-tenant's topics), nothing is lost, and the quiet tenant's p99 (send -> arrival on its out topic)
+tenant's topics), nothing is lost, and the quiet tenant's p99 (202 -> arrival on its out topic)
 with faults stays within 2x of its p99 without them.
 
 The worker runs with a 64 KiB size contract so oversize inputs stay cheap. The worker is a real
