@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv lock browser kafka-up kafka-down run worker test test-unit lint format bench bench-throughput bench-mllp bench-isolation bench-dashboard bench-codec bench-outage schema clean
+.PHONY: help venv lock browser kafka-up kafka-down run worker test test-unit lint format bench bench-throughput bench-mllp bench-isolation bench-dashboard bench-codec bench-outage bench-faults schema clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -62,7 +62,7 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 	@$(VENV)/bin/ruff check --fix .
 	@$(VENV)/bin/ruff format .
 
-bench: bench-codec bench-throughput bench-mllp bench-isolation bench-dashboard bench-outage ## Run every benchmark; JSON and PNG in bench/results/
+bench: bench-codec bench-throughput bench-mllp bench-isolation bench-dashboard bench-outage bench-faults ## Run every benchmark; JSON and PNG in bench/results/
 
 bench-throughput: kafka-up ## End-to-end pipeline vs raw aiokafka pass-through
 	@$(PY) -m bench.throughput
@@ -81,6 +81,9 @@ bench-codec: $(STAMP) ## HL7 fast path vs hl7apy vs python-hl7, same process
 
 bench-outage: kafka-up ## Broker outages under MLLP + HTTP traffic: stop, kill -9, 3-node broker kill
 	@$(PY) -m bench.outage
+
+bench-faults: kafka-up ## Fault inputs of every class at ingest beside a quiet tenant: accounting, stalls, p99
+	@$(PY) -m bench.faults
 
 schema: $(STAMP) ## Regenerate docs/*-schema.json from streams/records.py
 	@$(PY) scripts/gen_schema.py

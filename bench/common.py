@@ -72,6 +72,15 @@ def run_bench(
     print(summary(results))
 
 
+def exit_on_missed_targets(name: str) -> None:
+    """Exit 1, naming each one, if bench/results/<name>.json lists targets missed."""
+    missed = json.loads((RESULTS_DIR / f"{name}.json").read_text())["targets_missed"]
+    for target in missed:
+        log(f"target missed: {target}")
+    if missed:
+        sys.exit(1)
+
+
 def default_bootstrap() -> str:
     return os.environ.get("LANEWAY_KAFKA_BOOTSTRAP", "localhost:9092")
 

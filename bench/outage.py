@@ -33,7 +33,6 @@ import os
 import secrets
 import shutil
 import socket
-import sys
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Sequence
@@ -54,6 +53,7 @@ from bench.common import (
     RESULTS_DIR,
     BenchError,
     ConsumerProcess,
+    exit_on_missed_targets,
     free_port,
     log,
     run_bench,
@@ -1139,11 +1139,7 @@ def _summary(results: dict[str, Any]) -> str:
 
 def main() -> None:
     run_bench(bench, parse_args(), "outage", _summary)
-    missed = json.loads((RESULTS_DIR / "outage.json").read_text())["targets_missed"]
-    for target in missed:
-        log(f"target missed: {target}")
-    if missed:
-        sys.exit(1)
+    exit_on_missed_targets("outage")
 
 
 if __name__ == "__main__":
