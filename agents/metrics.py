@@ -156,6 +156,22 @@ class LanewayCollector(Collector):
         for kind, value in sorted(mllp.framing_errors.items()):
             framing.add_metric([str(kind)], value)
         yield framing
+        handshakes = CounterMetricFamily(
+            "laneway_mllp_tls_handshake_failures",
+            "MLLP TLS handshakes failed on a TLS error, by kind.",
+            labels=["kind"],
+        )
+        for kind, value in sorted(mllp.tls_handshake_failures.items()):
+            handshakes.add_metric([kind], value)
+        yield handshakes
+        refusals = CounterMetricFamily(
+            "laneway_mllp_client_cert_refusals",
+            "MLLP messages refused (AE) for their tenant's client-certificate requirement.",
+            labels=["reason"],
+        )
+        for reason, value in sorted(mllp.client_cert_refusals.items()):
+            refusals.add_metric([reason], value)
+        yield refusals
 
 
 def _lane_label(row: TenantStats) -> str:
