@@ -16,6 +16,7 @@ import re
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,19 +87,38 @@ def tls_only_worker(
         yield w
 
 
+@dataclass(frozen=True)
+class Scene:
+    """A TLS worker's API and ports, with a quiet tenant streaming beside the test."""
+
+    api: Api
+    quiet: QuietTenant
+    topics: TopicNames
+    plain_port: int
+    tls_port: int
+
+    async def onboard(self, name: str, **fields: Any) -> tuple[str, Sender]:
+        """A tenant with a sender identity of its own, on the quiet tenant's ingress partition."""
+        suffix = uuid.uuid4().hex[:8].upper()
+        sender = Sender(f"APP-{suffix}", f"FAC-{suffix}")
+        tenant = await self.api.onboard(
+            tenant_on(partition_of(self.quiet.tenant_id.encode()), name),
+            senders=[{"application": sender.application, "facility": sender.facility}],
+            rate_per_s=1000,
+            burst=2000,
+            **fields,
+        )
+        return tenant["id"], sender
+
+
 @contextlib.asynccontextmanager
-async def api_of(worker: WorkerProcess, admin_token: str) -> AsyncIterator[Api]:
-    async with Api(f"http://127.0.0.1:{worker.env['LANEWAY_WEB_PORT']}", admin_token) as api:
-        yield api
-
-
-def ports(worker: WorkerProcess) -> tuple[int, int]:
-    """(plaintext port, TLS port)."""
-    return int(worker.env["LANEWAY_MLLP_PORT"]), int(worker.env["LANEWAY_MLLP_TLS_PORT"])
-
-
-def topics_of(worker: WorkerProcess) -> TopicNames:
-    return TopicNames(worker.env["LANEWAY_TOPIC_PREFIX"])
+async def scene(worker: WorkerProcess, admin_token: str, bootstrap: str) -> AsyncIterator[Scene]:
+    """On exit, checks that the quiet tenant kept streaming (quiet_tenant)."""
+    topics = TopicNames(worker.env["LANEWAY_TOPIC_PREFIX"])
+    web = f"http://127.0.0.1:{worker.env['LANEWAY_WEB_PORT']}"
+    async with Api(web, admin_token) as api, quiet_tenant(api, bootstrap, topics) as quiet:
+        plain_port, tls_port = (int(worker.env[f"LANEWAY_MLLP_{p}PORT"]) for p in ("", "TLS_"))
+        yield Scene(api, quiet, topics, plain_port, tls_port)
 
 
 @contextlib.asynccontextmanager
@@ -130,22 +150,6 @@ async def no_answer_over_tls(port: int, tls: ssl.SSLContext, payload: bytes) -> 
                 writer.close()
     except (ssl.SSLError, ConnectionError):
         return b""
-
-
-async def onboard_mllp(
-    api: Api, quiet: QuietTenant, name: str, **fields: Any
-) -> tuple[str, Sender]:
-    """A tenant with a sender identity of its own, on the quiet tenant's ingress partition."""
-    suffix = uuid.uuid4().hex[:8].upper()
-    sender = Sender(f"APP-{suffix}", f"FAC-{suffix}")
-    tenant = await api.onboard(
-        tenant_on(partition_of(quiet.tenant_id.encode()), name),
-        senders=[{"application": sender.application, "facility": sender.facility}],
-        rate_per_s=1000,
-        burst=2000,
-        **fields,
-    )
-    return tenant["id"], sender
 
 
 async def control_ids(
@@ -181,56 +185,48 @@ def refusal(ack: Ack) -> tuple[str, str, bool, str]:
 async def test_a_tls_sender_with_its_certificate_gets_aa_and_its_events_arrive(
     tls_worker: WorkerProcess, pki: Pki, admin_token: str, bootstrap: str
 ) -> None:
-    _, tls_port = ports(tls_worker)
-    topics = topics_of(tls_worker)
-    async with api_of(tls_worker, admin_token) as api, quiet_tenant(api, bootstrap, topics) as q:
+    async with scene(tls_worker, admin_token, bootstrap) as on:
         # Bound by fingerprint (pasted as OpenSSL prints it), and by CN.
         by_fingerprint = [{"fingerprint_sha256": pki.fingerprint("lab-a")}]
-        pinned, pinned_sender = await onboard_mllp(
-            api, q, "pinned", client_certs=by_fingerprint, require_client_cert=True
+        pinned, pinned_sender = await on.onboard(
+            "pinned", client_certs=by_fingerprint, require_client_cert=True
         )
-        named, named_sender = await onboard_mllp(
-            api, q, "named", client_certs=[{"subject_cn": "lab-b"}], require_client_cert=True
+        named, named_sender = await on.onboard(
+            "named", client_certs=[{"subject_cn": "lab-b"}], require_client_cert=True
         )
-        async with connection(tls_port, pki.client_context("lab-a")) as lab_a:
+        async with connection(on.tls_port, pki.client_context("lab-a")) as lab_a:
             acks = [await lab_a.exchange(message(pinned_sender, f"PIN-{n}")) for n in range(3)]
         named_ack = await exchange(
-            tls_port, pki.client_context("lab-b"), message(named_sender, "NAMED-1")
+            on.tls_port, pki.client_context("lab-b"), message(named_sender, "NAMED-1")
         )
 
         assert [(ack.code, ack.acked_id) for ack in acks] == [("AA", f"PIN-{n}") for n in range(3)]
         assert (named_ack.code, named_ack.acked_id) == ("AA", "NAMED-1")
-        assert await control_ids(bootstrap, topics.out(pinned), 3) == ["PIN-0", "PIN-1", "PIN-2"]
-        assert await control_ids(bootstrap, topics.out(named), 1) == ["NAMED-1"]
+        out = on.topics.out
+        assert await control_ids(bootstrap, out(pinned), 3) == ["PIN-0", "PIN-1", "PIN-2"]
+        assert await control_ids(bootstrap, out(named), 1) == ["NAMED-1"]
 
 
 async def test_a_wrong_or_missing_certificate_is_refused_with_its_reason_and_nothing_written(
     tls_worker: WorkerProcess, pki: Pki, admin_token: str, bootstrap: str
 ) -> None:
-    plain_port, tls_port = ports(tls_worker)
-    topics = topics_of(tls_worker)
     before = await mllp_metrics(tls_worker)
-    async with api_of(tls_worker, admin_token) as api, quiet_tenant(api, bootstrap, topics) as q:
-        bad = {
-            "id": "bad-fingerprint",
-            "name": "Bad",
-            "client_certs": [{"fingerprint_sha256": "x"}],
-        }
-        status, answer = await api.call("POST", "/api/tenants", token=admin_token, json_body=bad)
+    async with scene(tls_worker, admin_token, bootstrap) as on:
+        bad = {"id": "bad-print", "name": "Bad", "client_certs": [{"fingerprint_sha256": "x"}]}
+        status, answer = await on.api.call("POST", "/api/tenants", token=admin_token, json_body=bad)
         assert status == 422 and "client_certs.0.fingerprint_sha256" in json.dumps(answer)
         binding = [{"fingerprint_sha256": pki.fingerprint("lab-a")}]
-        tenant_id, sender = await onboard_mllp(
-            api, q, "strict", client_certs=binding, require_client_cert=True
+        tenant_id, sender = await on.onboard(
+            "strict", client_certs=binding, require_client_cert=True
         )
 
-        other_cert = await exchange(tls_port, pki.client_context("lab-b"), message(sender, "B-1"))
-        no_cert = await exchange(tls_port, pki.client_context(None), message(sender, "B-2"))
-        plaintext = await exchange(plain_port, None, message(sender, "B-3"))
+        tls = on.tls_port
+        other_cert = await exchange(tls, pki.client_context("lab-b"), message(sender, "B-1"))
+        no_cert = await exchange(tls, pki.client_context(None), message(sender, "B-2"))
+        plaintext = await exchange(on.plain_port, None, message(sender, "B-3"))
         # Another CA's certificate with the right CN never completes the handshake.
-        rogue = await no_answer_over_tls(
-            tls_port, pki.client_context("rogue"), message(sender, "B-4")
-        )
-        good = await exchange(tls_port, pki.client_context("lab-a"), message(sender, "GOOD-1"))
+        rogue = await no_answer_over_tls(tls, pki.client_context("rogue"), message(sender, "B-4"))
+        good = await exchange(tls, pki.client_context("lab-a"), message(sender, "GOOD-1"))
 
         assert [refusal(ack) for ack in (other_cert, no_cert, plaintext)] == [
             ("AE", "B-1", True, "Client certificate does not match"),
@@ -241,8 +237,8 @@ async def test_a_wrong_or_missing_certificate_is_refused_with_its_reason_and_not
         assert (good.code, good.acked_id) == ("AA", "GOOD-1")
         # The refused messages went first on the same ingress partition: had any been written,
         # it would be in out or the DLQ before GOOD-1.
-        assert await control_ids(bootstrap, topics.out(tenant_id), 1) == ["GOOD-1"]
-        assert await control_ids(bootstrap, topics.dlq(tenant_id), 1, timeout_s=2.0) == []
+        assert await control_ids(bootstrap, on.topics.out(tenant_id), 1) == ["GOOD-1"]
+        assert await control_ids(bootstrap, on.topics.dlq(tenant_id), 1, timeout_s=2.0) == []
 
     assert increase(before, await mllp_metrics(tls_worker)) == {
         'laneway_mllp_client_cert_refusals_total{reason="client_certificate_mismatch"}': 1.0,
@@ -259,37 +255,29 @@ async def test_a_wrong_or_missing_certificate_is_refused_with_its_reason_and_not
 async def test_with_plaintext_off_plaintext_connections_are_refused_while_tls_works(
     tls_only_worker: WorkerProcess, pki: Pki, admin_token: str, bootstrap: str
 ) -> None:
-    plain_port, tls_port = ports(tls_only_worker)
-    topics = topics_of(tls_only_worker)
-    async with (
-        api_of(tls_only_worker, admin_token) as api,
-        quiet_tenant(api, bootstrap, topics) as q,
-    ):
-        tenant_id, sender = await onboard_mllp(api, q, "tls-only")
+    async with scene(tls_only_worker, admin_token, bootstrap) as on:
+        tenant_id, sender = await on.onboard("tls-only")
 
         with pytest.raises(ConnectionRefusedError):
-            await asyncio.open_connection("127.0.0.1", plain_port)
-        ack = await exchange(tls_port, pki.client_context(None), message(sender, "TLS-1"))
+            await asyncio.open_connection("127.0.0.1", on.plain_port)
+        ack = await exchange(on.tls_port, pki.client_context(None), message(sender, "TLS-1"))
 
         assert (ack.code, ack.acked_id) == ("AA", "TLS-1")
-        assert await control_ids(bootstrap, topics.out(tenant_id), 1) == ["TLS-1"]
+        assert await control_ids(bootstrap, on.topics.out(tenant_id), 1) == ["TLS-1"]
 
 
 async def test_a_tenant_without_the_requirement_still_sends_over_plaintext_and_tls(
     tls_worker: WorkerProcess, pki: Pki, admin_token: str, bootstrap: str
 ) -> None:
-    plain_port, tls_port = ports(tls_worker)
-    topics = topics_of(tls_worker)
-    async with api_of(tls_worker, admin_token) as api, quiet_tenant(api, bootstrap, topics) as q:
+    async with scene(tls_worker, admin_token, bootstrap) as on:
         # Its certificate is on file, not yet required: the sender has not moved to TLS yet.
-        binding = [{"subject_cn": "lab-a"}]
-        tenant_id, sender = await onboard_mllp(api, q, "relaxed", client_certs=binding)
+        tenant_id, sender = await on.onboard("relaxed", client_certs=[{"subject_cn": "lab-a"}])
 
-        plain = await exchange(plain_port, None, message(sender, "PLAIN-1"))
-        tls = await exchange(tls_port, pki.client_context(None), message(sender, "TLS-1"))
+        plain = await exchange(on.plain_port, None, message(sender, "PLAIN-1"))
+        tls = await exchange(on.tls_port, pki.client_context(None), message(sender, "TLS-1"))
 
         assert [(a.code, a.acked_id) for a in (plain, tls)] == [("AA", "PLAIN-1"), ("AA", "TLS-1")]
-        assert await control_ids(bootstrap, topics.out(tenant_id), 2) == ["PLAIN-1", "TLS-1"]
+        assert await control_ids(bootstrap, on.topics.out(tenant_id), 2) == ["PLAIN-1", "TLS-1"]
 
 
 async def test_a_tls_misconfiguration_stops_the_worker_start_with_one_line(
@@ -305,8 +293,7 @@ async def test_a_tls_misconfiguration_stops_the_worker_start_with_one_line(
         "LANEWAY_MLLP_TLS_KEY_FILE": str(pki.clients["lab-a"][1]),  # not the server's key
     }
     misconfigured = WorkerProcess(env, tmp_path / "worker.log")
-    topics = topics_of(tls_worker)
-    async with api_of(tls_worker, admin_token) as api, quiet_tenant(api, bootstrap, topics):
+    async with scene(tls_worker, admin_token, bootstrap):
         with pytest.raises(RuntimeError, match="exited during start-up"):
             await asyncio.to_thread(misconfigured.start)
 
