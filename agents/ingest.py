@@ -3,8 +3,10 @@
 A message is accepted only once Kafka has acknowledged its ingress record with acks=all; only
 then may a sender get AA/CA (or HTTP 202). Header problems and a message over
 `max_message_bytes` are errors (AE), an unknown or paused sender or a broker failure is a reject
-(AR). Rate ceilings run on monotonic time. Message bodies are never logged. What a sender gets
-in each case: docs/ingest.md.
+(AR). A tenant that requires a client certificate hears AE over an MLLP connection that did not
+present it (not AR: resending over the same connection can never succeed). Rate ceilings run on
+monotonic time. Message bodies are never logged. What a sender gets in each case:
+docs/ingest.md.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
-from ipaddress import IPv4Address, IPv6Address
 
 from aiokafka.structs import RecordMetadata
 from mode import Service
@@ -39,22 +40,43 @@ from streams.hl7.ack import (
     UNKNOWN_SENDER,
     AckError,
     Acknowledgment,
+    ErrorCondition,
     acknowledge,
     error_for,
     message_too_large,
 )
 from streams.hl7.header import MessageHeader, PartialHeader, read_header, read_header_lenient
 from streams.mllp import OVERSIZE_HEAD_BYTES
+from streams.tenants import Peer as PeerAddress
 from streams.tenants import TenantRecord
+from streams.tls import CERT_MISMATCH, CERT_REQUIRED, PeerCertificate
 
 log = logging.getLogger(__name__)
 
-Peer = IPv4Address | IPv6Address | None
+# Errors (AE), not rejects (AR): AR tells the sender to resend, and a resend over the same
+# connection cannot succeed until its certificate or the tenant's binding changes.
+CLIENT_CERT_ERRORS = {
+    CERT_REQUIRED: AckError(ErrorCondition.UNKNOWN_KEY_IDENTIFIER, "Client certificate required"),
+    CERT_MISMATCH: AckError(
+        ErrorCondition.UNKNOWN_KEY_IDENTIFIER, "Client certificate does not match"
+    ),
+}
 
 # Longest an MLLP ACK is held for the rate ceiling: beyond it, senders time out and resend.
 MAX_ACK_HOLD_S = 10.0
 # How long a refused-but-maybe-delivered write waits for its sender's resend (see IngressWriter).
 AMBIGUOUS_WRITE_TTL_S = 900.0
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Where an MLLP connection comes from and the client certificate it proved over TLS."""
+
+    address: PeerAddress = None  # None when the listener could not tell
+    certificate: PeerCertificate | None = None  # None: plaintext, or TLS without one
+
+    def __str__(self) -> str:
+        return str(self.address)  # what logs name: never the certificate
 
 
 class IngestUnavailable(RuntimeError):
@@ -200,12 +222,13 @@ class Ingest:
 
     async def from_sender(self, payload: bytes, peer: Peer) -> list[IngestResult]:
         """An MLLP frame: the tenant is whoever registered the MSH-3/MSH-4 sender identity of
-        every message in it. Messages from different senders refuse the whole frame."""
+        every message in it. Messages from different senders refuse the whole frame, and so does
+        a tenant that requires a client certificate the connection did not present."""
         try:
             messages = [self._check(raw) for raw in split_batch(payload)]
         except Hl7Error as error:
             return [_refused(read_header_lenient(payload), None, error_for(error), error.code)]
-        tenant_ids = {self._claimed_by(message.header, peer) for message in messages}
+        tenant_ids = {self._claimed_by(message.header, peer.address) for message in messages}
         if len(tenant_ids) > 1:
             return [_refused(m.header, None, MIXED_SENDERS, "mixed_senders") for m in messages]
         [tenant_id] = tenant_ids
@@ -215,6 +238,12 @@ class Ingest:
                 for m in messages
             ]
         tenant = self.registry.directory.get(tenant_id)
+        refusal = tenant.client_cert_refusal(peer.certificate) if tenant is not None else None
+        if refusal is not None:
+            # Before the rate ceiling: a sender that cannot prove itself spends none of it.
+            log.warning("MLLP frame for tenant %s from %s refused: %s", tenant_id, peer, refusal)
+            error = CLIENT_CERT_ERRORS[refusal]
+            return [_refused(m.header, tenant_id, error, refusal) for m in messages]
         if tenant is not None and not tenant.paused:
             # Over the ceiling, MLLP slows the sender: its ACKs (and next frame) wait.
             hold = _admit(self._ceiling(tenant), time.monotonic(), len(messages))
@@ -253,9 +282,11 @@ class Ingest:
         except Hl7Error as error:
             return _Checked(raw, read_header_lenient(raw), error_for(error), error.code)
 
-    def _claimed_by(self, header: MessageHeader | PartialHeader, peer: Peer) -> str | None:
+    def _claimed_by(
+        self, header: MessageHeader | PartialHeader, address: PeerAddress
+    ) -> str | None:
         return self.registry.directory.resolve_sender(
-            header.sending_application, header.sending_facility, peer
+            header.sending_application, header.sending_facility, address
         )
 
     async def _in_order(

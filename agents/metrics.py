@@ -145,18 +145,26 @@ class LanewayCollector(Collector):
             ("connection_failures", "Connections closed by an error.", mllp.connection_failures),
         ):
             yield CounterMetricFamily(f"laneway_mllp_{name}", text, value=value)
-        acks = CounterMetricFamily(
-            "laneway_mllp_acks", "ACKs sent, by MSA-1 code.", labels=["code"]
-        )
-        for code, value in sorted(mllp.acks.items()):
-            acks.add_metric([code], value)
-        yield acks
-        framing = CounterMetricFamily(
-            "laneway_mllp_framing_errors", "MLLP framing errors, by kind.", labels=["kind"]
-        )
-        for kind, value in sorted(mllp.framing_errors.items()):
-            framing.add_metric([str(kind)], value)
-        yield framing
+        for name, text, label, counts in (
+            ("acks", "ACKs sent, by MSA-1 code.", "code", mllp.acks),
+            ("framing_errors", "MLLP framing errors, by kind.", "kind", mllp.framing_errors),
+            (
+                "tls_handshake_failures",
+                "MLLP TLS handshakes failed on a TLS error, by kind.",
+                "kind",
+                mllp.tls_handshake_failures,
+            ),
+            (
+                "client_cert_refusals",
+                "MLLP messages refused (AE) for their tenant's client-certificate requirement.",
+                "reason",
+                mllp.client_cert_refusals,
+            ),
+        ):
+            family = CounterMetricFamily(f"laneway_mllp_{name}", text, labels=[label])
+            for value_label, value in sorted(counts.items()):
+                family.add_metric([str(value_label)], value)
+            yield family
         limits = CounterMetricFamily(
             "laneway_mllp_limit_hits",
             "MLLP resource limits hit: connections refused (in total, per source address), "

@@ -32,6 +32,11 @@ Resource limits (pure logic in streams/mllp_limits.py; docs/limits.md says what 
   that needs more stops being read (TCP pushes back on its sender) until others' frames end or
   are closed at their deadline. Frames that end within one read need no room, so small frames
   keep flowing while large partial ones fill the budget.
+
+TLS (docs/ingest.md, "TLS"): a second server on `mllp_tls_port` when a certificate is set, and
+the plaintext one only while `mllp_plaintext` holds. asyncio completes the handshake before a
+connection reaches `_serve`, which then hands its verified client certificate to ingest with
+the peer address. A failed handshake is counted and logged by `streams.tls`'s hook.
 """
 
 from __future__ import annotations
@@ -46,11 +51,12 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from ipaddress import ip_address
+from ssl import SSLContext
 from typing import TypeVar
 
 from mode import Service
 
-from agents.ingest import Ingest, IngestResult, Peer
+from agents.ingest import CLIENT_CERT_ERRORS, Ingest, IngestResult, Peer
 from agents.registry import TenantRegistry
 from streams.app import LanewayApp
 from streams.hl7.ack import message_too_large
@@ -67,6 +73,8 @@ from streams.mllp import (
 )
 from streams.mllp_limits import BufferBudget, ConnectionGate, FrameClock, Hold, Limit
 from streams.settings import Settings
+from streams.tenants import Peer as PeerAddress
+from streams.tls import mllp_tls_context, peer_certificate, report_handshake_failures
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -97,6 +105,8 @@ class MllpCounters:
     # By Limit: connections refused (total, per source), closed at the frame deadline, and
     # reads paused for lack of buffer room.
     limit_hits: Counter[Limit] = field(default_factory=Counter)
+    tls_handshake_failures: Counter[str] = field(default_factory=Counter)  # by streams.tls kind
+    client_cert_refusals: Counter[str] = field(default_factory=Counter)  # messages, by reason
 
 
 def frame_limit(settings: Settings) -> int:
@@ -120,7 +130,11 @@ class _FrameTimeout(Exception):
 
 
 class MllpListener(Service):
-    """The MLLP server on `mllp_host:mllp_port`; opens once the tenant registry is loaded."""
+    """The MLLP servers on `mllp_host`: plaintext on `mllp_port`, TLS on `mllp_tls_port`; they
+    open once the tenant registry is loaded.
+
+    Raises `streams.tls.TlsConfigError` when the TLS settings cannot work: built with the app,
+    so a worker fails at start, before it connects to anything."""
 
     def __init__(
         self, app: LanewayApp, registry: TenantRegistry, ingest: Ingest, **kwargs: object
@@ -134,27 +148,57 @@ class MllpListener(Service):
         self._gate = ConnectionGate(
             settings.mllp_max_connections, settings.mllp_max_connections_per_source
         )
-        self._server: asyncio.Server | None = None
+        self._tls = mllp_tls_context(settings)
+        if self._tls is not None:
+            report_handshake_failures(self._tls, self._handshake_failed)
+        self._servers: list[asyncio.Server] = []
         self._connections: set[asyncio.Task[None]] = set()
 
     async def on_start(self) -> None:
         # Before the registry is loaded every sender would be refused as unknown.
         await self.registry.ready.wait()
         settings = self.app.laneway
-        self._server = await asyncio.start_server(
-            self._serve, settings.mllp_host, settings.mllp_port, backlog=ACCEPT_BACKLOG
+        if settings.mllp_plaintext:
+            await self._open(settings.mllp_port, None)
+        if self._tls is not None:
+            await self._open(settings.mllp_tls_port, self._tls)
+
+    async def _open(self, port: int, tls: SSLContext | None) -> None:
+        settings = self.app.laneway
+        server = await asyncio.start_server(
+            self._serve,
+            settings.mllp_host,
+            port,
+            backlog=ACCEPT_BACKLOG,
+            ssl=tls,
+            ssl_handshake_timeout=settings.mllp_tls_handshake_timeout_s if tls else None,
         )
-        log.info("MLLP listener on %s:%d", settings.mllp_host, settings.mllp_port)
+        self._servers.append(server)
+        if tls is None:
+            log.info("MLLP listener on %s:%d", settings.mllp_host, port)
+            return
+        clients = "verified" if settings.mllp_tls_client_ca_file else "not asked"
+        log.info(
+            "MLLP TLS listener on %s:%d (client certificates: %s)",
+            settings.mllp_host,
+            port,
+            clients,
+        )
 
     async def on_stop(self) -> None:
-        if self._server is not None:
-            self._server.close()  # stop accepting first, then end the open connections
+        for server in self._servers:
+            server.close()  # stop accepting first, then end the open connections
         connections = list(self._connections)
         for task in connections:
             task.cancel()
         await asyncio.gather(*connections, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
+        for server in self._servers:
+            await server.wait_closed()
+
+    def _handshake_failed(self, kind: str, detail: str) -> None:
+        # asyncio does not say which address failed; the reason is OpenSSL's, never content.
+        self.counters.tls_handshake_failures[kind] += 1
+        log.warning("MLLP TLS handshake failed (%s): %s", kind, detail)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One connection from accept to close; asyncio runs it as a task of its own."""
@@ -170,7 +214,8 @@ class MllpListener(Service):
         counters.connections_open += 1
         counters.connections_total += 1
         try:
-            await self._converse(reader, writer, peer)
+            certificate = peer_certificate(writer.get_extra_info("ssl_object"))
+            await self._converse(reader, writer, Peer(peer, certificate))
         except asyncio.CancelledError:
             # Worker shutdown (on_stop). The task must end normally: Python 3.11's stream
             # callback calls task.exception(), which raises (and logs) for a cancelled task.
@@ -204,7 +249,7 @@ class MllpListener(Service):
             self._connections.discard(task)
             writer.close()
 
-    def _refuse(self, limit: Limit, peer: Peer, writer: asyncio.StreamWriter) -> None:
+    def _refuse(self, limit: Limit, peer: PeerAddress, writer: asyncio.StreamWriter) -> None:
         """Close a connection over a connection limit at once. MLLP has no refusal of its own:
         the sender sees the connection closed and, as after any lost connection, reconnects
         with back-off and resends what was not ACKed."""
@@ -313,6 +358,8 @@ class MllpListener(Service):
         return False
 
     async def _answer(self, result: IngestResult, writer: asyncio.StreamWriter) -> None:
+        if result.reason in CLIENT_CERT_ERRORS:
+            self.counters.client_cert_refusals[result.reason] += 1
         acks = self.ingest.acks(result, datetime.now(UTC))
         if not acks:
             self.counters.acks_withheld += 1
@@ -361,7 +408,7 @@ class MllpListener(Service):
                     pass
 
 
-def _peer_address(writer: asyncio.StreamWriter) -> Peer:
+def _peer_address(writer: asyncio.StreamWriter) -> PeerAddress:
     """The sender's IP address (sender identities can be limited to networks), None if unknown."""
     peername = writer.get_extra_info("peername")
     try:

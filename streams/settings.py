@@ -75,6 +75,26 @@ class Settings(BaseSettings):
         "to one frame limit if below it); a connection that would exceed it stops being read "
         "until there is room.",
     )
+    # MLLP over TLS (docs/ingest.md, "TLS"): on when a certificate file is set, on a port of its
+    # own so that senders move over one by one; checked at start by streams.tls.
+    mllp_plaintext: bool = Field(
+        default=True, description="Serve plaintext MLLP on `mllp_port`; false = TLS only."
+    )
+    mllp_tls_port: int = Field(default=2576, description="Port of the MLLP-over-TLS listener.")
+    mllp_tls_cert_file: Path | None = Field(
+        default=None,
+        description="PEM server certificate (chain) of the TLS listener; TLS is off if unset.",
+    )
+    mllp_tls_key_file: Path | None = Field(
+        default=None, description="PEM private key of that certificate, unencrypted."
+    )
+    mllp_tls_client_ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA(s) that client certificates must chain to; unset: none are asked.",
+    )
+    mllp_tls_handshake_timeout_s: float = Field(
+        default=10.0, gt=0, description="A TLS handshake not done this long is abandoned."
+    )
     http_max_body_bytes: int = Field(
         default=8 * 1024 * 1024, ge=1024, description="Largest HTTP ingest body (413 above)."
     )

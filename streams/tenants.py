@@ -20,10 +20,12 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from streams.tls import CERT_MISMATCH, CERT_REQUIRED, PeerCertificate, normalize_fingerprint
 from streams.topics import is_valid_tenant_id
 
 DEFAULT_RATE_PER_S = 50.0
@@ -51,6 +53,9 @@ SenderValue = Annotated[str, StringConstraints(max_length=227)]  # HL7 v2 HD dat
 TenantName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 RatePerSecond = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Burst = Annotated[int, Field(ge=1)]
+Fingerprint = Annotated[str, AfterValidator(normalize_fingerprint)]
+# X.520 ub-common-name: a CN has 1 to 64 characters.
+CommonName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 MaskedField = Literal[
     "patient_name", "address", "phone", "ssn", "birth_date", "free_text", "identifiers"
 ]
@@ -101,6 +106,28 @@ class SenderIdentity(_Model):
         return any(peer in network for network in self.networks)
 
 
+class ClientCertificate(_Model):
+    """A client certificate a tenant's MLLP senders may present over TLS: its SHA-256
+    fingerprint, its subject CN, or both (then both must match). The CN compares exactly; a
+    fingerprint pins one certificate, a CN every certificate the client CA issues under it."""
+
+    fingerprint_sha256: Fingerprint | None = None
+    subject_cn: CommonName | None = None
+
+    @model_validator(mode="after")
+    def _fingerprint_or_cn(self) -> Self:
+        if self.fingerprint_sha256 is None and self.subject_cn is None:
+            raise ValueError("a client certificate needs 'fingerprint_sha256' or 'subject_cn'")
+        return self
+
+    def matches(self, presented: PeerCertificate) -> bool:
+        if self.fingerprint_sha256 is not None and not presented.fingerprint_is(
+            self.fingerprint_sha256
+        ):
+            return False
+        return self.subject_cn is None or presented.subject_cn == self.subject_cn
+
+
 class OutputOptions(_Model):
     mode: Literal["full", "thin"] = "full"
     mask: list[MaskedField] = Field(default_factory=list)
@@ -142,6 +169,12 @@ class TenantSpec(_Model):
     lane: LaneSettings = Field(default_factory=LaneSettings)
     output: OutputOptions = Field(default_factory=OutputOptions)
     paused: bool = False
+    client_certs: list[ClientCertificate] = Field(
+        default_factory=list,
+        description="Certificates its MLLP senders may present (any one); checked only while "
+        "'require_client_cert' is true, so they can be set before the sender moves to TLS.",
+    )
+    require_client_cert: bool = False
 
     @field_validator("id")
     @classmethod
@@ -162,14 +195,37 @@ class TenantSpec(_Model):
             raise ValueError("'dedicated_lane' can only be set when 'pinned' is 'dedicated'")
         return lane
 
+    @field_validator("require_client_cert")
+    @classmethod
+    def _certificates_when_required(cls, required: bool, info: ValidationInfo) -> bool:
+        # "Any certificate the client CA issued" would let one tenant's sender pass as another.
+        # A bad 'client_certs' is missing from info.data and already reported on its own.
+        if required and info.data.get("client_certs") == []:
+            raise ValueError("needs at least one entry in 'client_certs'")
+        return required
+
+    def client_cert_refusal(self, presented: PeerCertificate | None) -> str | None:
+        """Why an MLLP message of this tenant cannot be accepted over a connection that proved
+        `presented` (None: plaintext, or TLS without a verified certificate); None if it can.
+
+        A requirement checked after the MSH-3/MSH-4 identity resolved the tenant: the
+        certificate never chooses the tenant, so identities stay the only routing key."""
+        if not self.require_client_cert:
+            return None
+        if presented is None:
+            return CERT_REQUIRED
+        if any(certificate.matches(presented) for certificate in self.client_certs):
+            return None
+        return CERT_MISMATCH
+
 
 class TenantPatch(_Model):
     """A PATCH body: any TenantSpec field except `id` (which never changes).
 
     Merge semantics: fields absent from the body keep their value; nested objects (`lane`,
     `output`) are merged key by key, so `{"output": {"mode": "thin"}}` keeps the mask list (a
-    patch must not silently unmask PHI); lists (`senders`, `mask`) are replaced whole. `null` is a
-    value, so it is a 422 for every field that is not nullable.
+    patch must not silently unmask PHI); lists (`senders`, `mask`, `client_certs`) are replaced
+    whole. `null` is a value, so it is a 422 for every field that is not nullable.
     """
 
     name: TenantName | None = None
@@ -179,6 +235,8 @@ class TenantPatch(_Model):
     lane: LaneSettings | None = None
     output: OutputOptions | None = None
     paused: bool | None = None
+    client_certs: list[ClientCertificate] | None = None
+    require_client_cert: bool | None = None
 
     def apply(self, spec: TenantSpec) -> TenantSpec:
         """The spec with this patch applied, re-validated (cross-field rules included)."""

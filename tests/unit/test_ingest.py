@@ -15,7 +15,7 @@ from typing import cast
 
 import pytest
 
-from agents.ingest import Ingest, IngestResult, IngestUnavailable, IngressWriter
+from agents.ingest import Ingest, IngestResult, IngestUnavailable, IngressWriter, Peer
 from agents.mllp_listener import frame_limit
 from agents.registry import TenantRegistry
 from streams.hl7 import Hl7Error
@@ -88,7 +88,7 @@ async def test_a_frame_of_three_is_written_and_answered_per_message() -> None:
     ingest, writer = make_ingest(tenant("alpha", "A"))
     messages = [msh("A", "FAC", f"M{n}") for n in range(3)]
 
-    results = await ingest.from_sender(b"".join(messages), None)
+    results = await ingest.from_sender(b"".join(messages), Peer())
 
     assert outcomes(results) == [("M0", None), ("M1", None), ("M2", None)]
     assert writer.written == [("alpha", message) for message in messages]
@@ -100,7 +100,7 @@ async def test_a_frame_mixing_senders_is_refused_whole_and_nothing_is_written() 
     ingest, writer = make_ingest(tenant("alpha", "A"), tenant("beta", "B"))
     frame = msh("A", "FAC", "M0") + msh("B", "FAC", "M1") + msh("A", "FAC", "M2")
 
-    results = await ingest.from_sender(frame, None)
+    results = await ingest.from_sender(frame, Peer())
 
     assert outcomes(results) == [(f"M{n}", "mixed_senders") for n in range(3)]
     assert writer.written == []
@@ -112,7 +112,7 @@ async def test_a_frame_mixing_senders_is_refused_whole_and_nothing_is_written() 
 async def test_a_frame_with_an_unknown_sender_among_known_ones_is_refused_whole() -> None:
     ingest, writer = make_ingest(tenant("alpha", "A"))
 
-    results = await ingest.from_sender(msh("A", "FAC", "M0") + msh("NOBODY", "X", "M1"), None)
+    results = await ingest.from_sender(msh("A", "FAC", "M0") + msh("NOBODY", "X", "M1"), Peer())
 
     assert outcomes(results) == [("M0", "mixed_senders"), ("M1", "mixed_senders")]
     assert writer.written == []
@@ -122,7 +122,7 @@ async def test_after_the_first_refused_message_the_rest_of_the_frame_is_refused(
     ingest, writer = make_ingest(tenant("alpha", "A"))
     bad = msh("A", "FAC", "M1").replace(b"|2.5|", b"|9.9|")  # unsupported version: AR
 
-    results = await ingest.from_sender(msh("A", "FAC", "M0") + bad + msh("A", "FAC", "M2"), None)
+    results = await ingest.from_sender(msh("A", "FAC", "M0") + bad + msh("A", "FAC", "M2"), Peer())
 
     assert outcomes(results) == [
         ("M0", None),
@@ -136,7 +136,7 @@ async def test_a_broker_failure_mid_frame_refuses_the_rest() -> None:
     ingest, writer = make_ingest(tenant("alpha", "A"))
     writer.fail_from = 1
 
-    results = await ingest.from_sender(b"".join(msh("A", "FAC", f"M{n}") for n in range(3)), None)
+    results = await ingest.from_sender(b"".join(msh("A", "FAC", f"M{n}") for n in range(3)), Peer())
 
     assert [r.reason for r in results] == [
         None,
@@ -149,7 +149,7 @@ async def test_an_oversize_message_gets_ae_naming_the_limit_and_is_not_written()
     ingest, writer = make_ingest(tenant("alpha", "A"))
     huge = msh("A", "FAC", "BIG", "ER|AL") + b"OBX|1|TX|NOTE||" + b"X" * LIMIT + b"\r"
 
-    [result] = await ingest.from_sender(huge, None)
+    [result] = await ingest.from_sender(huge, Peer())
 
     assert (result.control_id, result.reason) == ("BIG", "message_too_large")
     assert writer.written == []
@@ -166,7 +166,7 @@ async def test_an_accepted_message_gets_the_acks_msh_15_and_16_ask_for(
 ) -> None:
     ingest, _ = make_ingest(tenant("alpha", "A"))
 
-    [result] = await ingest.from_sender(msh("A", "FAC", "M0", acks), None)
+    [result] = await ingest.from_sender(msh("A", "FAC", "M0", acks), Peer())
 
     assert [ack.code for ack in ingest.acks(result, CREATED)] == codes
 
@@ -176,7 +176,7 @@ async def test_the_mllp_ceiling_counts_messages_not_frames() -> None:
     ingest, _ = make_ingest(tenant("alpha", "A", burst=5))
     ceiling = ingest._ceiling(ingest.registry.directory.get("alpha"))  # type: ignore[arg-type]
 
-    await ingest.from_sender(b"".join(msh("A", "FAC", f"M{n}") for n in range(10)), None)
+    await ingest.from_sender(b"".join(msh("A", "FAC", f"M{n}") for n in range(10)), Peer())
 
     assert ceiling.delay(time.monotonic()) > 0, "a frame of 10 was counted as fewer messages"
 
