@@ -1,0 +1,222 @@
+"""Tenant lifecycle on the real broker and worker: a deleted tenant's id stays retired until it is
+purged; a purge deletes its topics; the id then starts afresh, and fetch-by-ref never serves an
+earlier incarnation's originals. A quiet tenant on the same ingress partition streams throughout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.partitioner import DefaultPartitioner
+
+from streams.hl7.synthetic import SyntheticFeed, malformed
+from streams.processing import guess_control_id
+from streams.topics import TopicNames
+from tests.integration.kafka_helpers import Api, WorkerProcess, consume_until
+from tests.integration.quiet_tenant import quiet_tenant
+
+pytestmark = pytest.mark.integration
+
+WAIT_S = 60.0
+TOPICS_GONE_S = 30.0
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    every = list(range(partitions))
+    return DefaultPartitioner()(key, every, every)
+
+
+def tenant_on(partition: int, partitions: int, name: str) -> str:
+    """A fresh tenant id whose records land on ingress `partition`."""
+    while True:
+        tenant = f"{name}-{uuid.uuid4().hex[:8]}"
+        if partition_of(tenant.encode(), partitions) == partition:
+            return tenant
+
+
+def good(prefix: str) -> bytes:
+    return SyntheticFeed(seed=len(prefix), control_id_prefix=prefix, escape_rate=0).next_message()
+
+
+async def fetch(api: Api, tenant_id: str, ref: str, token: str) -> tuple[int, bytes]:
+    url = f"{api.base_url}/api/tenants/{tenant_id}/messages/{ref}"
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as response:
+        return response.status, await response.read()
+
+
+async def events(bootstrap: str, topic: str, count: int) -> list[dict[str, Any]]:
+    records = await consume_until(bootstrap, [topic], lambda got: len(got) >= count, WAIT_S)
+    assert len(records) == count, f"{len(records)} records on {topic}, expected {count}"
+    return [json.loads(record.value) for record in records]
+
+
+async def end_offset(bootstrap: str, topic: str) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        partition = TopicPartition(topic, 0)
+        return (await consumer.end_offsets([partition]))[partition]
+    finally:
+        await consumer.stop()
+
+
+async def topics_gone(admin: AIOKafkaAdminClient, names: list[str]) -> bool:
+    """True once the broker lists none of `names`, polling until the deadline."""
+    deadline = time.monotonic() + TOPICS_GONE_S
+    while time.monotonic() < deadline:
+        if not set(names) & set(await admin.list_topics()):
+            return True
+        await asyncio.sleep(0.2)
+    return False
+
+
+def parked_late(records: list[ConsumerRecord], tenant_id: str, offset: int) -> list[dict]:
+    documents = [json.loads(record.value) for record in records]
+    return [d for d in documents if d["tenant"] == tenant_id and d["source"]["offset"] == offset]
+
+
+async def test_a_deleted_id_is_retired_until_purged_and_then_starts_afresh(
+    api: Api,
+    worker: WorkerProcess,
+    worker_env: dict,
+    bootstrap: str,
+    producer: AIOKafkaProducer,
+    admin: AIOKafkaAdminClient,
+) -> None:
+    topics = TopicNames(worker_env["LANEWAY_TOPIC_PREFIX"])
+    partitions = int(worker_env["LANEWAY_INGRESS_PARTITIONS"])
+    admin_token = api.admin_token
+    async with quiet_tenant(api, bootstrap, topics) as quiet:
+        partition = partition_of(quiet.tenant_id.encode(), partitions)
+        tenant_id = tenant_on(partition, partitions, "reused")
+        path = f"/api/tenants/{tenant_id}"
+
+        # The first incarnation: one event, one DLQ record, replayed once (a replay position).
+        old = await api.onboard(tenant_id)
+        old_message = good("OLD-")
+        assert (await api.send(tenant_id, old["token"], old_message))[0] == 202
+        broken = malformed(random.Random(5), "bad_segment").payload
+        assert (await api.send(tenant_id, old["token"], broken))[0] == 202
+        [old_event] = await events(bootstrap, topics.out(tenant_id), 1)
+        await events(bootstrap, topics.dlq(tenant_id), 1)
+        status, replayed = await api.call("POST", f"{path}/dlq/replay", token=admin_token)
+        assert (status, replayed["replayed"]) == (200, 1), replayed
+        await events(bootstrap, topics.dlq(tenant_id), 2)  # parked again
+        assert (await fetch(api, tenant_id, old_event["ref"], old["token"]))[0] == 200
+
+        # Deleted: the id is retired, not free.
+        assert (await api.call("DELETE", path, token=admin_token))[0] == 204
+        get_status, get_answer = await api.call("GET", path, token=admin_token)
+        again_status, again = await api.call(
+            "POST", "/api/tenants", token=admin_token, json_body={"id": tenant_id, "name": "New"}
+        )
+        _, listing = await api.call("GET", "/api/tenants", token=admin_token)
+        assert (get_status, get_answer["error"]) == (410, "tenant_retired")
+        assert get_answer["retired"]["incarnation"] == old["incarnation"]
+        assert (again_status, again["error"]) == (409, "tenant_id_retired")
+        assert f"POST /api/tenants/{tenant_id}/purge" in again["message"]
+        assert tenant_id in [marker["id"] for marker in listing["retired"]]
+        assert tenant_id not in [tenant["id"] for tenant in listing["tenants"]]
+
+        # A late record of the retired tenant (another producer) is parked unrouted, never
+        # emitted: nothing else reaches its out topic.
+        late = await producer.send_and_wait(
+            topics.ingress, good("LATE-"), key=tenant_id.encode(), partition=partition
+        )
+        unrouted = await consume_until(
+            bootstrap,
+            [topics.dlq_unrouted],
+            lambda got: bool(parked_late(got, tenant_id, late.offset)),
+            WAIT_S,
+        )
+        [parked] = parked_late(unrouted, tenant_id, late.offset)
+        assert parked["reason"] == "unknown_tenant"
+        assert await end_offset(bootstrap, topics.out(tenant_id)) == 1
+
+        # Purged: its topics are deleted, then the id is free.
+        status, purged = await api.call("POST", f"{path}/purge", token=admin_token)
+        assert status == 200, purged
+        old_topics = [topics.out(tenant_id), topics.dlq(tenant_id)]
+        assert sorted(purged["deleted_topics"]) == sorted(old_topics)
+        assert await topics_gone(admin, old_topics)
+        assert (await api.call("GET", path, token=admin_token))[0] == 404
+
+        # The second incarnation: fresh topics, fresh DLQ position, none of the old originals.
+        new = await api.onboard(tenant_id)
+        assert new["incarnation"] != old["incarnation"]
+        assert set(old_topics) <= set(await admin.list_topics())
+        new_message = good("NEW-")
+        assert (await api.send(tenant_id, new["token"], new_message))[0] == 202
+        assert (await api.send(tenant_id, new["token"], broken))[0] == 202
+        [new_event] = await events(bootstrap, topics.out(tenant_id), 1)
+        assert new_event["control_id"] == guess_control_id(new_message)
+        await events(bootstrap, topics.dlq(tenant_id), 1)
+        # The old replay position (2) went with the old DLQ: this one replays its record.
+        status, replayed = await api.call("POST", f"{path}/dlq/replay", token=admin_token)
+        assert (status, replayed["replayed"]) == (200, 1), replayed
+
+        never = f"{partition}-{10**15}-0"
+        unknown_answer = await fetch(api, tenant_id, never, new["token"])
+        assert unknown_answer[0] == 404
+        for ref in (old_event["ref"], parked["ref"]):  # the old incarnation's, with and without
+            assert await fetch(api, tenant_id, ref, new["token"]) == unknown_answer  # a header
+        assert await fetch(api, tenant_id, new_event["ref"], new["token"]) == (200, new_message)
+    # Leaving the block checked that every quiet event arrived within a few seconds.
+
+
+async def test_purge_refuses_a_live_tenant_and_answers_404_for_an_unknown_id(api: Api) -> None:
+    live = await api.onboard(f"live-{uuid.uuid4().hex[:8]}")
+
+    live_status, live_answer = await api.call(
+        "POST", f"/api/tenants/{live['id']}/purge", token=api.admin_token
+    )
+    unknown_status, _ = await api.call(
+        "POST", f"/api/tenants/never-{uuid.uuid4().hex[:8]}/purge", token=api.admin_token
+    )
+    tenant_status, _ = await api.call(
+        "POST", f"/api/tenants/{live['id']}/purge", token=live["token"]
+    )
+    still_status, _ = await api.call("GET", f"/api/tenants/{live['id']}", token=api.admin_token)
+
+    assert (live_status, live_answer["error"]) == (409, "tenant_not_retired")
+    assert unknown_status == 404
+    assert tenant_status == 403
+    assert still_status == 200
+
+
+async def test_topics_left_by_an_id_deleted_before_markers_existed_block_it_until_purged(
+    api: Api, worker_env: dict, producer: AIOKafkaProducer, admin: AIOKafkaAdminClient
+) -> None:
+    """A tenant deleted by an earlier version left a tombstone and its topics: the id is free
+    in the registry, but onboarding it would inherit those topics."""
+    topics = TopicNames(worker_env["LANEWAY_TOPIC_PREFIX"])
+    tenant = await api.onboard(f"legacy-{uuid.uuid4().hex[:8]}")
+    path = f"/api/tenants/{tenant['id']}"
+    await producer.send_and_wait(topics.tenants, None, key=tenant["id"].encode())
+    deadline = time.monotonic() + WAIT_S
+    while (await api.call("GET", path, token=api.admin_token))[0] != 404:
+        assert time.monotonic() < deadline, "the tombstone never reached the registry"
+        await asyncio.sleep(0.1)
+    body = {"id": tenant["id"], "name": "Again"}
+
+    refused_status, refused = await api.call(
+        "POST", "/api/tenants", token=api.admin_token, json_body=body
+    )
+    purge_status, purged = await api.call("POST", f"{path}/purge", token=api.admin_token)
+    again_status, _ = await api.call("POST", "/api/tenants", token=api.admin_token, json_body=body)
+
+    leftovers = sorted([topics.out(tenant["id"]), topics.dlq(tenant["id"])])
+    assert (refused_status, refused["error"]) == (409, "tenant_id_retired")
+    assert refused["topics"] == leftovers
+    assert (purge_status, sorted(purged["deleted_topics"])) == (200, leftovers)
+    assert again_status == 201
