@@ -33,7 +33,7 @@ from agents.registry import TenantRegistry
 from agents.web_auth import ApiError, Guard
 from streams.app import LanewayApp
 from streams.hl7 import split_batch
-from streams.records import HEADER_INCARNATION
+from streams.processing import incarnation_of
 from streams.tenants import TenantRecord
 
 # Bounded digit counts: a ref never makes an int Kafka would refuse (int32 partition, int64
@@ -124,14 +124,6 @@ def _unknown_message() -> ApiError:
     return ApiError(404, "unknown_message", "no such message for this tenant")
 
 
-def _incarnation(record: ConsumerRecord) -> str | None:
-    """The record's incarnation header; None if it has none."""
-    for name, value in record.headers or ():
-        if name == HEADER_INCARNATION:
-            return bytes(value).decode("ascii", "replace")
-    return None
-
-
 async def read_original(reader: IngressReader, tenant: TenantRecord | None, ref: str) -> bytes:
     """The original message `ref` names, if it belongs to `tenant` (the current tenant of the
     id; None: there is none); else ApiError: 400 malformed ref, 404 no such message of this
@@ -158,7 +150,7 @@ async def read_original(reader: IngressReader, tenant: TenantRecord | None, ref:
     if (
         record is None
         or record.key != tenant.id.encode()
-        or not tenant.owns_ingress(_incarnation(record), record.timestamp)
+        or not tenant.owns_ingress(incarnation_of(record.headers or ()), record.timestamp)
     ):
         raise _unknown_message()
     message = message_at(record.value or b"", index)

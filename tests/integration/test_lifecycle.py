@@ -160,6 +160,24 @@ async def test_a_deleted_id_is_retired_until_purged_and_then_starts_afresh(
         assert (await api.send(tenant_id, new["token"], broken))[0] == 202
         [new_event] = await events(bootstrap, topics.out(tenant_id), 1)
         assert new_event["control_id"] == guess_control_id(new_message)
+        # A record ingest stamped for the old incarnation that was still waiting (a lane's
+        # backlog, say) is parked unrouted, never emitted to the new tenant.
+        stale = await producer.send_and_wait(
+            topics.ingress,
+            good("STALE-"),
+            key=tenant_id.encode(),
+            partition=partition,
+            headers=[("laneway-incarnation", old["incarnation"].encode())],
+        )
+        unrouted = await consume_until(
+            bootstrap,
+            [topics.dlq_unrouted],
+            lambda got: bool(parked_late(got, tenant_id, stale.offset)),
+            WAIT_S,
+        )
+        [parked_stale] = parked_late(unrouted, tenant_id, stale.offset)
+        assert parked_stale["reason"] == "unknown_tenant"
+        assert await end_offset(bootstrap, topics.out(tenant_id)) == 1
         await events(bootstrap, topics.dlq(tenant_id), 1)
         # The old replay position (2) went with the old DLQ: this one replays its record.
         status, replayed = await api.call("POST", f"{path}/dlq/replay", token=admin_token)
@@ -168,8 +186,9 @@ async def test_a_deleted_id_is_retired_until_purged_and_then_starts_afresh(
         never = f"{partition}-{10**15}-0"
         unknown_answer = await fetch(api, tenant_id, never, new["token"])
         assert unknown_answer[0] == 404
-        for ref in (old_event["ref"], parked["ref"]):  # the old incarnation's, with and without
-            assert await fetch(api, tenant_id, ref, new["token"]) == unknown_answer  # a header
+        # The old incarnation's originals, stamped (also after the new onboarding) or not.
+        for ref in (old_event["ref"], parked["ref"], parked_stale["ref"]):
+            assert await fetch(api, tenant_id, ref, new["token"]) == unknown_answer
         assert await fetch(api, tenant_id, new_event["ref"], new["token"]) == (200, new_message)
     # Leaving the block checked that every quiet event arrived within a few seconds.
 
