@@ -264,7 +264,9 @@ class TenantRecord(TenantSpec):
         equal this incarnation. A record without one (written by another producer, or before
         incarnations existed) belongs to it if it was written since this tenant was onboarded:
         an earlier tenant of this id was deleted, and so stopped writing, before this one was
-        created.
+        created. (Fetch-by-ref, which can name any retained record, applies this rule; the
+        processor, which sees records as they arrive, compares headers only: a record another
+        producer wrote with a clock running behind is never parked.)
         """
         if incarnation is not None:
             return incarnation == self.incarnation
