@@ -91,15 +91,16 @@ class TenantTopics(Service):
         return [topics.out(tenant_id), topics.dlq(tenant_id)]
 
     async def create(self, tenant_id: str) -> None:
+        """Create the tenant's topics; an existing one is kept as it is."""
+        names = self.names(tenant_id)
         # Faust skips creating a topic its producer's cached metadata lists, and a purge (on any
-        # worker) may have deleted these names since that cache was filled: refresh it first.
-        await self.app.producer._ensure_producer().client.force_metadata_update()
+        # worker) may have deleted these names since that cache was filled: refresh it then.
+        client = self.app.producer._ensure_producer().client
+        if any(client.cluster.partitions_for_topic(name) is not None for name in names):
+            await client.force_metadata_update()
         config = {"retention.ms": OUTPUT_RETENTION_MS}
         await asyncio.gather(
-            *(
-                self.app.create_topic(name, partitions=1, config=config)
-                for name in self.names(tenant_id)
-            )
+            *(self.app.create_topic(name, partitions=1, config=config) for name in names)
         )
 
     async def existing(self, tenant_id: str) -> list[str]:
@@ -193,23 +194,13 @@ def install(app: LanewayApp, registry: TenantRegistry, guard: Guard) -> None:
                 senders=overlaps,
             )
 
-    async def refuse_used_id(tenant_id: str) -> None:
-        """409 unless the id is free: no tenant, no retired marker and no topics left by an
-        earlier tenant (one deleted before markers existed, whose topics age out)."""
+    def refuse_used_id(tenant_id: str) -> None:
+        """409 unless the id is free: no tenant and no retired marker."""
         if registry.directory.get(tenant_id) is not None:
             raise ApiError(409, "tenant_exists", "a tenant with this id exists")
         retired = registry.directory.retired(tenant_id)
         if retired is not None:
             raise _retired_error(retired, 409, "tenant_id_retired", "a deleted tenant had this id")
-        leftovers = await broker_call(tenant_topics.existing(tenant_id))
-        if leftovers:
-            raise ApiError(
-                409,
-                "tenant_id_retired",
-                f"topics of an earlier tenant with this id still exist; purge them first: "
-                f"POST /api/tenants/{tenant_id}/purge",
-                topics=leftovers,
-            )
 
     async def save(
         record: TenantRecord | RetiredTenant, status: int = 200, **extra: Any
@@ -239,7 +230,7 @@ def install(app: LanewayApp, registry: TenantRegistry, guard: Guard) -> None:
             except ValidationError as error:
                 raise validation_error(error) from error
             async with registry_lock:
-                await refuse_used_id(spec.id)
+                refuse_used_id(spec.id)
                 refuse_sender_conflicts(spec.id, spec.senders)
                 await tenant_topics.create(spec.id)
                 token = new_token()
@@ -283,7 +274,7 @@ def install(app: LanewayApp, registry: TenantRegistry, guard: Guard) -> None:
         @api_errors
         async def post(self, request: web.Request, tenant_id: str) -> web.Response:
             """Delete a retired tenant's topics, then its marker: the id is free again. Also
-            deletes the topics an id deleted before markers existed left behind."""
+            deletes the topics left behind by a tenant deleted before markers existed."""
             await guard.admin(request)
             # Under the lock for its whole length, deletion included: a POST of this id on this
             # worker must not create topics that the purge then deletes.

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from streams.hl7.synthetic import SyntheticFeed, batch
@@ -150,54 +150,6 @@ async def test_a_ref_to_another_tenants_record_answers_like_a_missing_one(
     assert foreign[0] == 404
     assert foreign == foreign_as_admin == beyond_end == no_such_partition == no_such_index
     assert json.loads(foreign[2])["error"] == "unknown_message"
-
-
-async def read_ingress(bootstrap: str, topic: str, partition: int, offset: int) -> Any:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tp = TopicPartition(topic, partition)
-        consumer.assign([tp])
-        consumer.seek(tp, offset)
-        return await consumer.getone()
-    finally:
-        await consumer.stop()
-
-
-async def test_only_the_incarnation_that_wrote_a_record_may_fetch_it(
-    api: Api, fetcher: Fetcher, topics: TopicNames, producer: AIOKafkaProducer, bootstrap: str
-) -> None:
-    """Ingest stamps every record with its tenant's incarnation; a record stamped by another
-    incarnation of the same id answers like a missing one, whenever it was written. A record
-    without the stamp (another producer) is the tenant's if written since its onboarding."""
-    tenant = await api.onboard(unique("incarnation"))
-    original = messages(1, "STAMP-")[0]
-    status, answer = await api.send(tenant["id"], tenant["token"], original)
-    assert status == 202, answer
-    [result] = answer["results"]
-    ingested = await read_ingress(bootstrap, topics.ingress, result["partition"], result["offset"])
-
-    async def ref_of(headers: list[tuple[str, bytes]] | None) -> str:
-        meta = await producer.send_and_wait(
-            topics.ingress, original, key=tenant["id"].encode(), headers=headers
-        )
-        return f"{meta.partition}-{meta.offset}-0"
-
-    foreign = await ref_of([("laneway-incarnation", uuid.uuid4().hex.encode())])
-    own = await ref_of([("laneway-incarnation", tenant["incarnation"].encode())])
-    unstamped = await ref_of(None)
-    ingested_ref = f"{result['partition']}-{result['offset']}-0"
-    missing = await fetcher.get(tenant["id"], f"{result['partition']}-{10**15}-0", tenant["token"])
-
-    assert ingested.headers == (("laneway-incarnation", tenant["incarnation"].encode()),)
-    assert await fetcher.get(tenant["id"], foreign, tenant["token"]) == missing
-    assert missing[0] == 404
-    for ref in (ingested_ref, own, unstamped):
-        assert await fetcher.get(tenant["id"], ref, tenant["token"]) == (
-            200,
-            "application/hl7-v2",
-            original,
-        )
 
 
 @pytest.mark.parametrize(

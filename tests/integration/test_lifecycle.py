@@ -1,6 +1,9 @@
 """Tenant lifecycle on the real broker and worker: a deleted tenant's id stays retired until it is
 purged; a purge deletes its topics; the id then starts afresh, and fetch-by-ref never serves an
 earlier incarnation's originals. A quiet tenant on the same ingress partition streams throughout.
+
+A worker of its own (own app id and topic prefix): these tests park records in the unrouted DLQ,
+which other tests count exactly.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import json
 import random
 import time
 import uuid
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
@@ -18,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 
+from bench.common import free_port
 from streams.hl7.synthetic import SyntheticFeed, malformed
 from streams.processing import guess_control_id
 from streams.topics import TopicNames
@@ -28,18 +33,50 @@ pytestmark = pytest.mark.integration
 
 WAIT_S = 60.0
 TOPICS_GONE_S = 30.0
+PARTITIONS = 4
 
 
-def partition_of(key: bytes, partitions: int) -> int:
-    every = list(range(partitions))
+@pytest.fixture(scope="module")
+def lifecycle_worker(
+    worker_env: dict, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    base = tmp_path_factory.mktemp("lifecycle-worker")
+    env = {
+        **worker_env,
+        "LANEWAY_APP_ID": worker_env["LANEWAY_APP_ID"] + "-lifecycle",
+        "LANEWAY_TOPIC_PREFIX": worker_env["LANEWAY_TOPIC_PREFIX"] + "lifecycle.",
+        "LANEWAY_DATA_DIR": str(base / "data"),
+        "LANEWAY_INGRESS_PARTITIONS": str(PARTITIONS),
+        "LANEWAY_WEB_PORT": str(free_port()),
+        "LANEWAY_MLLP_PORT": str(free_port()),
+        "LANEWAY_LANES_ENABLED": "false",  # no lane worker beside this one
+    }
+    with WorkerProcess(env, base / "lifecycle-worker.log") as process:
+        yield process
+
+
+@pytest.fixture
+async def api(lifecycle_worker: WorkerProcess, admin_token: str) -> AsyncIterator[Api]:
+    port = lifecycle_worker.env["LANEWAY_WEB_PORT"]
+    async with Api(f"http://127.0.0.1:{port}", admin_token) as client:
+        yield client
+
+
+@pytest.fixture
+def topics(lifecycle_worker: WorkerProcess) -> TopicNames:
+    return TopicNames(lifecycle_worker.env["LANEWAY_TOPIC_PREFIX"])
+
+
+def partition_of(key: bytes) -> int:
+    every = list(range(PARTITIONS))
     return DefaultPartitioner()(key, every, every)
 
 
-def tenant_on(partition: int, partitions: int, name: str) -> str:
+def tenant_on(partition: int, name: str) -> str:
     """A fresh tenant id whose records land on ingress `partition`."""
     while True:
         tenant = f"{name}-{uuid.uuid4().hex[:8]}"
-        if partition_of(tenant.encode(), partitions) == partition:
+        if partition_of(tenant.encode()) == partition:
             return tenant
 
 
@@ -52,6 +89,18 @@ async def fetch(api: Api, tenant_id: str, ref: str, token: str) -> tuple[int, by
     headers = {"Authorization": f"Bearer {token}"}
     async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as response:
         return response.status, await response.read()
+
+
+async def read_ingress(bootstrap: str, topic: str, partition: int, offset: int) -> ConsumerRecord:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        consumer.seek(tp, offset)
+        return await consumer.getone()
+    finally:
+        await consumer.stop()
 
 
 async def events(bootstrap: str, topic: str, count: int) -> list[dict[str, Any]]:
@@ -87,18 +136,15 @@ def parked_late(records: list[ConsumerRecord], tenant_id: str, offset: int) -> l
 
 async def test_a_deleted_id_is_retired_until_purged_and_then_starts_afresh(
     api: Api,
-    worker: WorkerProcess,
-    worker_env: dict,
+    topics: TopicNames,
     bootstrap: str,
     producer: AIOKafkaProducer,
     admin: AIOKafkaAdminClient,
 ) -> None:
-    topics = TopicNames(worker_env["LANEWAY_TOPIC_PREFIX"])
-    partitions = int(worker_env["LANEWAY_INGRESS_PARTITIONS"])
     admin_token = api.admin_token
     async with quiet_tenant(api, bootstrap, topics) as quiet:
-        partition = partition_of(quiet.tenant_id.encode(), partitions)
-        tenant_id = tenant_on(partition, partitions, "reused")
+        partition = partition_of(quiet.tenant_id.encode())
+        tenant_id = tenant_on(partition, "reused")
         path = f"/api/tenants/{tenant_id}"
 
         # The first incarnation: one event, one DLQ record, replayed once (a replay position).
@@ -213,29 +259,57 @@ async def test_purge_refuses_a_live_tenant_and_answers_404_for_an_unknown_id(api
     assert still_status == 200
 
 
-async def test_topics_left_by_an_id_deleted_before_markers_existed_block_it_until_purged(
-    api: Api, worker_env: dict, producer: AIOKafkaProducer, admin: AIOKafkaAdminClient
+async def test_only_the_incarnation_that_wrote_a_record_may_fetch_it(
+    api: Api, topics: TopicNames, producer: AIOKafkaProducer, bootstrap: str
 ) -> None:
-    """A tenant deleted by an earlier version left a tombstone and its topics: the id is free
-    in the registry, but onboarding it would inherit those topics."""
-    topics = TopicNames(worker_env["LANEWAY_TOPIC_PREFIX"])
+    """Ingest stamps every record with its tenant's incarnation; a record stamped by another
+    incarnation of the same id answers like a missing one, whenever it was written. A record
+    without the stamp (another producer) is the tenant's if written since its onboarding."""
+    tenant = await api.onboard(f"stamped-{uuid.uuid4().hex[:8]}")
+    original = good("STAMP-")
+    status, answer = await api.send(tenant["id"], tenant["token"], original)
+    assert status == 202, answer
+    [result] = answer["results"]
+    ingested = await read_ingress(bootstrap, topics.ingress, result["partition"], result["offset"])
+
+    async def ref_of(headers: list[tuple[str, bytes]] | None) -> str:
+        meta = await producer.send_and_wait(
+            topics.ingress, original, key=tenant["id"].encode(), headers=headers
+        )
+        return f"{meta.partition}-{meta.offset}-0"
+
+    foreign = await ref_of([("laneway-incarnation", uuid.uuid4().hex.encode())])
+    own = await ref_of([("laneway-incarnation", tenant["incarnation"].encode())])
+    unstamped = await ref_of(None)
+    ingested_ref = f"{result['partition']}-{result['offset']}-0"
+    missing = await fetch(api, tenant["id"], f"{result['partition']}-{10**15}-0", tenant["token"])
+
+    assert ingested.headers == (("laneway-incarnation", tenant["incarnation"].encode()),)
+    assert missing[0] == 404
+    assert await fetch(api, tenant["id"], foreign, tenant["token"]) == missing
+    for ref in (ingested_ref, own, unstamped):
+        assert await fetch(api, tenant["id"], ref, tenant["token"]) == (200, original)
+
+
+async def test_purge_deletes_the_topics_left_by_a_tenant_deleted_before_markers_existed(
+    api: Api, topics: TopicNames, bootstrap: str, producer: AIOKafkaProducer
+) -> None:
+    """Such a tenant left a tombstone and its topics: the registry knows nothing of the id, and
+    onboarding it again would keep those topics."""
     tenant = await api.onboard(f"legacy-{uuid.uuid4().hex[:8]}")
     path = f"/api/tenants/{tenant['id']}"
+    assert (await api.send(tenant["id"], tenant["token"], good("LEGACY-")))[0] == 202
+    await events(bootstrap, topics.out(tenant["id"]), 1)
     await producer.send_and_wait(topics.tenants, None, key=tenant["id"].encode())
     deadline = time.monotonic() + WAIT_S
     while (await api.call("GET", path, token=api.admin_token))[0] != 404:
         assert time.monotonic() < deadline, "the tombstone never reached the registry"
         await asyncio.sleep(0.1)
-    body = {"id": tenant["id"], "name": "Again"}
 
-    refused_status, refused = await api.call(
-        "POST", "/api/tenants", token=api.admin_token, json_body=body
-    )
     purge_status, purged = await api.call("POST", f"{path}/purge", token=api.admin_token)
-    again_status, _ = await api.call("POST", "/api/tenants", token=api.admin_token, json_body=body)
+    again = await api.onboard(tenant["id"])
 
     leftovers = sorted([topics.out(tenant["id"]), topics.dlq(tenant["id"])])
-    assert (refused_status, refused["error"]) == (409, "tenant_id_retired")
-    assert refused["topics"] == leftovers
     assert (purge_status, sorted(purged["deleted_topics"])) == (200, leftovers)
-    assert again_status == 201
+    assert again["incarnation"] != tenant["incarnation"]
+    assert await end_offset(bootstrap, topics.out(tenant["id"])) == 0
