@@ -20,7 +20,6 @@ import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.partitioner import DefaultPartitioner
 
 from bench.common import free_port
 from streams.hl7.synthetic import SyntheticFeed, malformed
@@ -28,12 +27,12 @@ from streams.processing import guess_control_id
 from streams.topics import TopicNames
 from tests.integration.kafka_helpers import Api, WorkerProcess, consume_until
 from tests.integration.quiet_tenant import quiet_tenant
+from tests.integration.test_containment import PARTITIONS, partition_of, tenant_on
 
 pytestmark = pytest.mark.integration
 
 WAIT_S = 60.0
 TOPICS_GONE_S = 30.0
-PARTITIONS = 4
 
 
 @pytest.fixture(scope="module")
@@ -65,19 +64,6 @@ async def api(lifecycle_worker: WorkerProcess, admin_token: str) -> AsyncIterato
 @pytest.fixture
 def topics(lifecycle_worker: WorkerProcess) -> TopicNames:
     return TopicNames(lifecycle_worker.env["LANEWAY_TOPIC_PREFIX"])
-
-
-def partition_of(key: bytes) -> int:
-    every = list(range(PARTITIONS))
-    return DefaultPartitioner()(key, every, every)
-
-
-def tenant_on(partition: int, name: str) -> str:
-    """A fresh tenant id whose records land on ingress `partition`."""
-    while True:
-        tenant = f"{name}-{uuid.uuid4().hex[:8]}"
-        if partition_of(tenant.encode()) == partition:
-            return tenant
 
 
 def good(prefix: str) -> bytes:
@@ -129,9 +115,31 @@ async def topics_gone(admin: AIOKafkaAdminClient, names: list[str]) -> bool:
     return False
 
 
-def parked_late(records: list[ConsumerRecord], tenant_id: str, offset: int) -> list[dict]:
-    documents = [json.loads(record.value) for record in records]
-    return [d for d in documents if d["tenant"] == tenant_id and d["source"]["offset"] == offset]
+async def parked_unrouted(
+    producer: AIOKafkaProducer,
+    bootstrap: str,
+    topics: TopicNames,
+    tenant_id: str,
+    headers: list[tuple[str, bytes]] | None = None,
+) -> dict[str, Any]:
+    """Write a message of `tenant_id` straight to ingress; its record in the unrouted DLQ."""
+    sent = await producer.send_and_wait(
+        topics.ingress, good("STRAIGHT-"), key=tenant_id.encode(), headers=headers
+    )
+
+    def about(records: list[ConsumerRecord]) -> list[dict[str, Any]]:
+        documents = [json.loads(record.value) for record in records]
+        return [
+            d
+            for d in documents
+            if d["tenant"] == tenant_id and d["source"]["offset"] == sent.offset
+        ]
+
+    records = await consume_until(
+        bootstrap, [topics.dlq_unrouted], lambda got: bool(about(got)), WAIT_S
+    )
+    [parked] = about(records)
+    return parked
 
 
 async def test_a_deleted_id_is_retired_until_purged_and_then_starts_afresh(
@@ -176,16 +184,7 @@ async def test_a_deleted_id_is_retired_until_purged_and_then_starts_afresh(
 
         # A late record of the retired tenant (another producer) is parked unrouted, never
         # emitted: nothing else reaches its out topic.
-        late = await producer.send_and_wait(
-            topics.ingress, good("LATE-"), key=tenant_id.encode(), partition=partition
-        )
-        unrouted = await consume_until(
-            bootstrap,
-            [topics.dlq_unrouted],
-            lambda got: bool(parked_late(got, tenant_id, late.offset)),
-            WAIT_S,
-        )
-        [parked] = parked_late(unrouted, tenant_id, late.offset)
+        parked = await parked_unrouted(producer, bootstrap, topics, tenant_id)
         assert parked["reason"] == "unknown_tenant"
         assert await end_offset(bootstrap, topics.out(tenant_id)) == 1
 
@@ -208,20 +207,8 @@ async def test_a_deleted_id_is_retired_until_purged_and_then_starts_afresh(
         assert new_event["control_id"] == guess_control_id(new_message)
         # A record ingest stamped for the old incarnation that was still waiting (a lane's
         # backlog, say) is parked unrouted, never emitted to the new tenant.
-        stale = await producer.send_and_wait(
-            topics.ingress,
-            good("STALE-"),
-            key=tenant_id.encode(),
-            partition=partition,
-            headers=[("laneway-incarnation", old["incarnation"].encode())],
-        )
-        unrouted = await consume_until(
-            bootstrap,
-            [topics.dlq_unrouted],
-            lambda got: bool(parked_late(got, tenant_id, stale.offset)),
-            WAIT_S,
-        )
-        [parked_stale] = parked_late(unrouted, tenant_id, stale.offset)
+        stamp = [("laneway-incarnation", old["incarnation"].encode())]
+        parked_stale = await parked_unrouted(producer, bootstrap, topics, tenant_id, stamp)
         assert parked_stale["reason"] == "unknown_tenant"
         assert await end_offset(bootstrap, topics.out(tenant_id)) == 1
         await events(bootstrap, topics.dlq(tenant_id), 1)
