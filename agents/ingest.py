@@ -97,8 +97,8 @@ class IngressWriter(Service):
     While the broker watch says Kafka is down, writes are refused at once: nothing piles up in
     the producer, and senders hear AR / 503 without waiting for the deadline.
 
-    Each record carries its tenant's incarnation in a header (fetch-by-ref serves an original
-    only to the incarnation that wrote it).
+    Each record carries its tenant's incarnation in a header: the processor parks, and
+    fetch-by-ref refuses, a record of another incarnation of the id.
     """
 
     def __init__(
