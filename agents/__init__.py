@@ -35,7 +35,7 @@ def build_worker(settings: Settings | None = None, **faust_overrides: Any) -> La
     registry = TenantRegistry(app)
     state = TenantStateMirror(app)
     router = Router(app, registry, state)
-    writer = IngressWriter(app, broker)
+    writer = IngressWriter(app, broker, registry)
     # Started in this order, after Faust's own services; each waits for what it reads.
     for service in (registry, state, router, writer):
         app.service(service)  # type: ignore[arg-type]
@@ -54,7 +54,7 @@ def build_worker(settings: Settings | None = None, **faust_overrides: Any) -> La
     metrics.install(app, stats, mllp.counters)
     dlq_replay.install(app, writer, guard)
     http_ingest.install(app, ingest, guard)
-    fetch_api.install(app, guard)
+    fetch_api.install(app, registry, guard)
     heap.freeze_after_start(app, registry.ready, state.ready, router.ready)
     return app
 

@@ -1,12 +1,17 @@
 """Admin API: onboard, inspect, change, pause, resume and offboard tenants (admin token).
 
 POST   /api/tenants                       201 with the tenant and its token (shown once)
-GET    /api/tenants                       every tenant
-GET    /api/tenants/{tenant_id}           one tenant
+GET    /api/tenants                       every tenant, and the retired ids
+GET    /api/tenants/{tenant_id}           one tenant (410 with the marker if retired)
 PATCH  /api/tenants/{tenant_id}           change fields (merge)
-DELETE /api/tenants/{tenant_id}           offboard: ingest stops at once; topics age out
+DELETE /api/tenants/{tenant_id}           offboard: ingest stops at once; the id is retired
+POST   /api/tenants/{tenant_id}/purge     delete a retired tenant's topics, then free its id
 POST   /api/tenants/{tenant_id}/pause     ingest answers AR / 503 until resumed
 POST   /api/tenants/{tenant_id}/resume
+
+A deleted tenant leaves a `RetiredTenant` marker: the id is no tenant for anything, and POST
+with it answers 409 `tenant_id_retired` until a purge has deleted the old tenant's topics (so a
+new tenant of that id never inherits its events, DLQ or replay position) and the marker.
 """
 
 from __future__ import annotations
@@ -15,10 +20,14 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError, for_code
+from aiokafka.protocol.metadata import MetadataRequest
 from faust.web import View
+from mode import Service
 from pydantic import ValidationError
 
 from agents.mirror import MirrorUnavailable
@@ -26,13 +35,19 @@ from agents.registry import TenantRegistry
 from agents.web_auth import ApiError, Guard, validation_error
 from streams.app import LanewayApp
 from streams.auth import hash_token, new_token
-from streams.tenants import SenderIdentity, TenantPatch, TenantRecord, TenantSpec
+from streams.tenants import RetiredTenant, SenderIdentity, TenantPatch, TenantRecord, TenantSpec
 
-# Offboarded tenants' topics are not deleted by the API: they keep their data for this long
-# (Kafka retention), so downstream teams can finish reading. README documents it.
+# A deleted tenant's topics keep their data for this long (Kafka retention) unless it is purged,
+# so downstream teams can finish reading. README documents it.
 OUTPUT_RETENTION_MS = 7 * 24 * 3600 * 1000
+# How long a purge waits for the broker to stop listing the deleted topics.
+PURGE_TIMEOUT_S = 30.0
+PURGE_POLL_S = 0.2
+REGISTRY_CATCH_UP_S = 5.0
+UNKNOWN_TOPIC_OR_PARTITION = 3  # Kafka's error code for a topic that does not exist
 
 Handler = Callable[..., Awaitable[web.Response]]
+T = TypeVar("T")
 
 
 def api_errors(handler: Handler) -> Handler:
@@ -59,15 +74,100 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
+class TenantTopics(Service):
+    """A tenant's own topics (out, dlq): creating them, which of them exist, deleting them.
+
+    Its admin client starts on first use: onboardings and purges are rare next to the stream.
+    """
+
+    def __init__(self, app: LanewayApp, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.app = app
+        self._client: AIOKafkaAdminClient | None = None
+        self._starting = asyncio.Lock()
+
+    def names(self, tenant_id: str) -> list[str]:
+        topics = self.app.topic_names
+        return [topics.out(tenant_id), topics.dlq(tenant_id)]
+
+    async def create(self, tenant_id: str) -> None:
+        """Create the tenant's topics; an existing one is kept as it is."""
+        names = self.names(tenant_id)
+        # Faust skips creating a topic its producer's cached metadata lists, and a purge (on any
+        # worker) may have deleted these names since that cache was filled: refresh it then.
+        client = self.app.producer._ensure_producer().client
+        if any(client.cluster.partitions_for_topic(name) is not None for name in names):
+            await client.force_metadata_update()
+        config = {"retention.ms": OUTPUT_RETENTION_MS}
+        await asyncio.gather(
+            *(self.app.create_topic(name, partitions=1, config=config) for name in names)
+        )
+
+    async def existing(self, tenant_id: str) -> list[str]:
+        """The tenant's topics the broker lists."""
+        client = await self._admin()
+        # Not `describe_topics`: its metadata request lets a broker with topic auto-creation on
+        # create the very topics it asks about.
+        request = MetadataRequest(self.names(tenant_id), allow_auto_topic_creation=False)
+        response = await client._send_request(request)
+        return sorted(
+            topic["topic"]
+            for topic in response.to_object()["topics"]
+            if topic["error_code"] != UNKNOWN_TOPIC_OR_PARTITION
+        )
+
+    async def delete(self, tenant_id: str) -> list[str]:
+        """Delete the tenant's topics and wait until the broker lists none of them; the names
+        deleted. TimeoutError if the broker still lists one after PURGE_TIMEOUT_S."""
+        doomed = await self.existing(tenant_id)
+        if doomed:
+            response = await (await self._admin()).delete_topics(doomed)
+            for _, code in response.topic_error_codes:
+                if code not in (0, UNKNOWN_TOPIC_OR_PARTITION):  # gone already is fine
+                    raise for_code(code)("deleting a tenant topic failed")
+        async with asyncio.timeout(PURGE_TIMEOUT_S):
+            # Deletion completes in the background: poll the broker, which pushes nothing.
+            while True:
+                if not await self.existing(tenant_id):
+                    return doomed
+                await asyncio.sleep(PURGE_POLL_S)
+
+    async def _admin(self) -> AIOKafkaAdminClient:
+        async with self._starting:
+            if self._client is None:
+                client = AIOKafkaAdminClient(bootstrap_servers=self.app.laneway.bootstrap_servers)
+                await client.start()
+                self._client = client
+        return self._client
+
+    async def on_stop(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+
+def _retired_error(retired: RetiredTenant, status: int, code: str, message: str) -> ApiError:
+    return ApiError(
+        status,
+        code,
+        f"{message}; purge it first: POST /api/tenants/{retired.id}/purge deletes the old "
+        "tenant's topics and frees the id",
+        retired=retired.public_view(),
+    )
+
+
 def install(app: LanewayApp, registry: TenantRegistry, guard: Guard) -> None:
     """Register the admin views on `app`."""
-    topics = app.topic_names
+    tenant_topics = TenantTopics(app)
+    app.service(tenant_topics)  # type: ignore[arg-type]
 
     def existing(tenant_id: str) -> TenantRecord:
         record = registry.directory.get(tenant_id)
-        if record is None:
-            raise ApiError(404, "unknown_tenant", "no such tenant")
-        return record
+        if record is not None:
+            return record
+        retired = registry.directory.retired(tenant_id)
+        if retired is not None:
+            raise _retired_error(retired, 410, "tenant_retired", "this tenant was deleted")
+        raise ApiError(404, "unknown_tenant", "no such tenant")
 
     # Every read-check-write of a tenant record holds this lock. The check (free id, identities
     # that overlap no other tenant's) and the save are separate awaits (topic creation, the
@@ -94,15 +194,17 @@ def install(app: LanewayApp, registry: TenantRegistry, guard: Guard) -> None:
                 senders=overlaps,
             )
 
-    async def create_topics(tenant_id: str) -> None:
-        await asyncio.gather(
-            *(
-                app.create_topic(name, partitions=1, config={"retention.ms": OUTPUT_RETENTION_MS})
-                for name in (topics.out(tenant_id), topics.dlq(tenant_id))
-            )
-        )
+    def refuse_used_id(tenant_id: str) -> None:
+        """409 unless the id is free: no tenant and no retired marker."""
+        if registry.directory.get(tenant_id) is not None:
+            raise ApiError(409, "tenant_exists", "a tenant with this id exists")
+        retired = registry.directory.retired(tenant_id)
+        if retired is not None:
+            raise _retired_error(retired, 409, "tenant_id_retired", "a deleted tenant had this id")
 
-    async def save(record: TenantRecord, status: int = 200, **extra: Any) -> web.Response:
+    async def save(
+        record: TenantRecord | RetiredTenant, status: int = 200, **extra: Any
+    ) -> web.Response:
         await registry.save(record)
         return web.json_response({**record.public_view(), **extra}, status=status)
 
@@ -112,7 +214,13 @@ def install(app: LanewayApp, registry: TenantRegistry, guard: Guard) -> None:
         async def get(self, request: web.Request) -> web.Response:
             await guard.admin(request)
             views = [record.public_view() for record in registry.directory.all()]
-            return web.json_response({"tenants": sorted(views, key=lambda v: v["id"])})
+            retired = [marker.public_view() for marker in registry.directory.all_retired()]
+            return web.json_response(
+                {
+                    "tenants": sorted(views, key=lambda v: v["id"]),
+                    "retired": sorted(retired, key=lambda v: v["id"]),
+                }
+            )
 
         @api_errors
         async def post(self, request: web.Request) -> web.Response:
@@ -122,10 +230,9 @@ def install(app: LanewayApp, registry: TenantRegistry, guard: Guard) -> None:
             except ValidationError as error:
                 raise validation_error(error) from error
             async with registry_lock:
-                if registry.directory.get(spec.id) is not None:
-                    raise ApiError(409, "tenant_exists", "a tenant with this id exists")
+                refuse_used_id(spec.id)
                 refuse_sender_conflicts(spec.id, spec.senders)
-                await create_topics(spec.id)
+                await tenant_topics.create(spec.id)
                 token = new_token()
                 record = TenantRecord.create(spec, hash_token(token), _now())
                 return await save(record, status=201, token=token)
@@ -159,9 +266,32 @@ def install(app: LanewayApp, registry: TenantRegistry, guard: Guard) -> None:
         async def delete(self, request: web.Request, tenant_id: str) -> web.Response:
             await guard.admin(request)
             async with registry_lock:
-                existing(tenant_id)
-                await registry.delete(tenant_id)
+                await registry.save(existing(tenant_id).retire(_now()))
             return web.Response(status=204)
+
+    @app.page("/api/tenants/{tenant_id}/purge")
+    class Purge(View):
+        @api_errors
+        async def post(self, request: web.Request, tenant_id: str) -> web.Response:
+            """Delete a retired tenant's topics, then its marker: the id is free again. Also
+            deletes the topics left behind by a tenant deleted before markers existed."""
+            await guard.admin(request)
+            # Under the lock for its whole length, deletion included: a POST of this id on this
+            # worker must not create topics that the purge then deletes.
+            async with registry_lock:
+                # A tenant onboarded on another worker a moment ago must not look unknown here.
+                if not await registry.caught_up(REGISTRY_CATCH_UP_S):
+                    raise MirrorUnavailable("tenant registry not caught up")
+                if registry.directory.get(tenant_id) is not None:
+                    message = "only a deleted tenant can be purged: DELETE it first"
+                    raise ApiError(409, "tenant_not_retired", message)
+                retired = registry.directory.retired(tenant_id)
+                deleted = await broker_call(tenant_topics.delete(tenant_id))
+                if retired is None and not deleted:
+                    raise ApiError(404, "unknown_tenant", "no such tenant")
+                if retired is not None:
+                    await registry.forget(tenant_id)
+            return web.json_response({"id": tenant_id, "purged": True, "deleted_topics": deleted})
 
     def pause_view(paused: bool) -> type[View]:
         class PauseOrResume(View):
@@ -190,6 +320,16 @@ def install(app: LanewayApp, registry: TenantRegistry, guard: Guard) -> None:
 
     app.page("/api/tenants/{tenant_id}/pause", name="pause")(pause_view(True))
     app.page("/api/tenants/{tenant_id}/resume", name="resume")(pause_view(False))
+
+
+async def broker_call(call: Awaitable[T]) -> T:
+    """Await a call of the tenant topics' admin client; 503 if Kafka fails or is too slow."""
+    try:
+        return await call
+    except (TimeoutError, KafkaError, OSError) as error:
+        raise ApiError(
+            503, "broker_unavailable", f"Kafka did not complete the request: {type(error).__name__}"
+        ) from error
 
 
 def _identity_view(identity: SenderIdentity) -> dict[str, Any]:

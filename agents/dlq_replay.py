@@ -273,7 +273,7 @@ class DlqReplay:
 
     async def _original(self, parked: Mapping[str, Any]) -> bytes:
         if parked.get("original_base64") is None:  # by reference: read it from ingress
-            return await original_by_ref(self.app, self.tenant_id, parked["ref"])
+            return await original_by_ref(self.writer.registry, self.tenant_id, parked["ref"])
         return base64.b64decode(parked["original_base64"])
 
     async def _ingress_ends(self) -> dict[int, int]:

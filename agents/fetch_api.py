@@ -9,8 +9,10 @@ message can be fetched for as long as Kafka retains it.
          batch as `split_batch` cuts it; Content-Type application/hl7-v2
     400  malformed ref
     401  no valid token; 403 another tenant's token (the tenant's own token or admin may fetch)
-    404  unknown tenant, or no such message for this tenant. A ref to another tenant's record
-         answers exactly like one that does not exist, so refs cannot be probed.
+    404  unknown tenant, or no such message for this tenant. A ref to another tenant's record,
+         or to a record of an earlier tenant of the same id (another incarnation, see
+         `TenantRecord.owns_ingress`), answers exactly like one that does not exist, so refs
+         cannot be probed.
     410  the record is older than the partition's first retained offset (aged out)
     503  Kafka did not answer in time
 """
@@ -27,9 +29,12 @@ from faust.web import View
 from mode import Service
 
 from agents.admin_api import api_errors
+from agents.registry import TenantRegistry
 from agents.web_auth import ApiError, Guard
 from streams.app import LanewayApp
 from streams.hl7 import split_batch
+from streams.processing import incarnation_of
+from streams.tenants import TenantRecord
 
 # Bounded digit counts: a ref never makes an int Kafka would refuse (int32 partition, int64
 # offset), and anything else is a 400 before Kafka is asked.
@@ -119,14 +124,15 @@ def _unknown_message() -> ApiError:
     return ApiError(404, "unknown_message", "no such message for this tenant")
 
 
-async def read_original(reader: IngressReader, tenant_id: str, ref: str) -> bytes:
-    """The original message `ref` names, if it is `tenant_id`'s; else ApiError: 400 malformed
-    ref, 404 no such message of this tenant, 410 aged out, 503 Kafka did not answer."""
+async def read_original(reader: IngressReader, tenant: TenantRecord | None, ref: str) -> bytes:
+    """The original message `ref` names, if it belongs to `tenant` (the current tenant of the
+    id; None: there is none); else ApiError: 400 malformed ref, 404 no such message of this
+    tenant, 410 aged out, 503 Kafka did not answer."""
     parsed = parse_ref(ref)
     if parsed is None:
         raise ApiError(400, "invalid_ref", "a ref is <partition>-<offset>-<index>, as events carry")
     partition, offset, index = parsed
-    if partition >= reader.app.laneway.ingress_partitions:
+    if tenant is None or partition >= reader.app.laneway.ingress_partitions:
         raise _unknown_message()
     try:
         record = await asyncio.wait_for(reader.read(partition, offset), READ_TIMEOUT_S)
@@ -139,8 +145,13 @@ async def read_original(reader: IngressReader, tenant_id: str, ref: str) -> byte
         ) from error
     except (TimeoutError, KafkaError) as error:
         raise ApiError(503, "broker_unavailable", "Kafka did not answer in time") from error
-    # Another tenant's record answers like a missing one: refs cannot be probed.
-    if record is None or record.key != tenant_id.encode():
+    # Another tenant's record, or an earlier incarnation's, answers like a missing one: refs
+    # cannot be probed.
+    if (
+        record is None
+        or record.key != tenant.id.encode()
+        or not tenant.owns_ingress(incarnation_of(record.headers or ()), record.timestamp)
+    ):
         raise _unknown_message()
     message = message_at(record.value or b"", index)
     if message is None:
@@ -148,18 +159,18 @@ async def read_original(reader: IngressReader, tenant_id: str, ref: str) -> byte
     return message
 
 
-async def original_by_ref(app: LanewayApp, tenant_id: str, ref: str) -> bytes:
+async def original_by_ref(registry: TenantRegistry, tenant_id: str, ref: str) -> bytes:
     """`read_original` on a reader of its own: for the rare caller that is not the view, such
     as the DLQ replay of a record written by reference."""
-    reader = IngressReader(app)
+    reader = IngressReader(registry.app)
     await reader.start()
     try:
-        return await read_original(reader, tenant_id, ref)
+        return await read_original(reader, registry.directory.get(tenant_id), ref)
     finally:
         await reader.stop()
 
 
-def install(app: LanewayApp, guard: Guard) -> None:
+def install(app: LanewayApp, registry: TenantRegistry, guard: Guard) -> None:
     """Register the fetch view and its ingress reader on `app`."""
     reader = IngressReader(app)
     app.service(reader)  # type: ignore[arg-type]
@@ -169,7 +180,8 @@ def install(app: LanewayApp, guard: Guard) -> None:
         @api_errors
         async def get(self, request: web.Request, tenant_id: str, ref: str) -> web.Response:
             await guard.tenant_or_admin(request, tenant_id)
-            message = await read_original(reader, tenant_id, ref)
+            tenant = registry.directory.get(tenant_id)
+            message = await read_original(reader, tenant, ref)
             return web.Response(
                 body=message,
                 content_type=HL7_CONTENT_TYPE,

@@ -47,6 +47,7 @@ from streams.hl7.ack import (
 )
 from streams.hl7.header import MessageHeader, PartialHeader, read_header, read_header_lenient
 from streams.mllp import OVERSIZE_HEAD_BYTES
+from streams.records import HEADER_INCARNATION
 from streams.tenants import Peer as PeerAddress
 from streams.tenants import TenantRecord
 from streams.tls import CERT_MISMATCH, CERT_REQUIRED, PeerCertificate
@@ -117,12 +118,18 @@ class IngressWriter(Service):
 
     While the broker watch says Kafka is down, writes are refused at once: nothing piles up in
     the producer, and senders hear AR / 503 without waiting for the deadline.
+
+    Each record carries its tenant's incarnation in a header: the processor parks, and
+    fetch-by-ref refuses, a record of another incarnation of the id.
     """
 
-    def __init__(self, app: LanewayApp, broker: BrokerWatch, **kwargs: object) -> None:
+    def __init__(
+        self, app: LanewayApp, broker: BrokerWatch, registry: TenantRegistry, **kwargs: object
+    ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.app = app
         self.broker = broker
+        self.registry = registry
         settings = app.laneway
         self._producer = RenewingProducer(
             "ingress",
@@ -149,7 +156,13 @@ class IngressWriter(Service):
         if not self.broker.up:
             raise IngestUnavailable("Kafka is unreachable")
         self._forget_old_ambiguous_writes()
-        identity = hashlib.blake2b(tenant_id.encode() + b"\0" + payload, digest_size=16).digest()
+        tenant = self.registry.directory.get(tenant_id)
+        incarnation = tenant.incarnation.encode() if tenant is not None else b""
+        # The incarnation is part of a write's identity: a resend never joins a write made for
+        # an earlier tenant of the same id.
+        identity = hashlib.blake2b(
+            b"\0".join((tenant_id.encode(), incarnation, payload)), digest_size=16
+        ).digest()
         earlier = self._ambiguous.pop(identity, None)
         if earlier is not None and not (earlier[1].done() and earlier[1].exception()):
             pending = earlier[1]  # the same bytes were refused before: join that write
@@ -158,7 +171,10 @@ class IngressWriter(Service):
             pending = asyncio.ensure_future(
                 self._producer.delivered(
                     producer.send_and_wait(
-                        self.app.topic_names.ingress, payload, key=tenant_id.encode()
+                        self.app.topic_names.ingress,
+                        payload,
+                        key=tenant_id.encode(),
+                        headers=[(HEADER_INCARNATION, incarnation)] if incarnation else None,
                     ),
                     producer,
                 )

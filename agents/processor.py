@@ -28,6 +28,7 @@ from streams.masking import OutputShapers, load_mask_secret
 from streams.processing import (
     IngressRecord,
     OutputRecord,
+    incarnation_of,
     lane_record_origin,
     process_records,
     tenant_of_key,
@@ -64,15 +65,18 @@ def install(
     shapers = OutputShapers(registry.directory, load_mask_secret())
     pace = Gcra(drain_rate, burst=settings.batch_max) if drain_rate > 0 else None
 
-    async def unknown_tenants(records: Sequence[IngressRecord]) -> set[str]:
-        """Tenants of `records` the registry does not know, even once caught up (bounded)."""
-        keys = {record.key for record in records}
-        tenants = {tenant for key in keys if (tenant := tenant_of_key(key)) is not None}
-        unknown = {tenant for tenant in tenants if registry.directory.get(tenant) is None}
-        if unknown:
-            await registry.caught_up(UNKNOWN_TENANT_WAIT_S)
-            unknown = {tenant for tenant in unknown if registry.directory.get(tenant) is None}
-        return unknown
+    def unknown(record: IngressRecord) -> bool:
+        """True for a tenant's record that no current tenant owns: the registry does not know
+        its tenant (or it was deleted), or ingest stamped it for another incarnation of the id
+        (one deleted and purged since, whose records were still waiting). A record without the
+        stamp belongs to the tenant its key names."""
+        tenant = tenant_of_key(record.key)
+        if tenant is None:  # no tenant's record: processing parks it as such
+            return False
+        config = registry.directory.get(tenant)
+        if config is None:
+            return True
+        return record.incarnation is not None and record.incarnation != config.incarnation
 
     @app.agent(lanes, name=name)
     async def process(stream: AsyncIterable[bytes]) -> None:
@@ -83,12 +87,15 @@ def install(
             if pace is not None:
                 await asyncio.sleep(pace.admit(time.monotonic(), len(events)))
             records = [_ingress_record(event) for event in events]
-            unknown = await unknown_tenants(records)
+            if any(unknown(record) for record in records):
+                # Perhaps only this worker's registry is behind (a tenant just onboarded
+                # elsewhere): wait for it, bounded, before parking anything.
+                await registry.caught_up(UNKNOWN_TENANT_WAIT_S)
             outputs = process_records(
                 records,
                 topics,
                 shapers,
-                unknown=unknown.__contains__,
+                unknown=unknown,
                 max_value_bytes=settings.max_value_bytes,
             )
             await publisher.publish(outputs)
@@ -98,7 +105,8 @@ def install(
 def _ingress_record(event: EventT) -> IngressRecord:
     """The ingress record a lane event stands for (itself, without an origin header)."""
     message = event.message
-    origin = lane_record_origin(message.key, message.value, message.headers or [])
+    headers = message.headers or []
+    origin = lane_record_origin(message.key, message.value, headers)
     return origin or IngressRecord(
         key=message.key,
         value=message.value,
@@ -106,6 +114,7 @@ def _ingress_record(event: EventT) -> IngressRecord:
         partition=message.partition,
         offset=message.offset,
         timestamp_ms=int(message.timestamp * 1000),
+        incarnation=incarnation_of(headers),
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from agents.mirror import CompactedTopicMirror
 from streams.app import LanewayApp
-from streams.tenants import TenantDirectory, TenantRecord
+from streams.tenants import RetiredTenant, TenantDirectory, TenantRecord, stored_from_json
 
 
 class TenantRegistry(CompactedTopicMirror):
@@ -15,10 +15,11 @@ class TenantRegistry(CompactedTopicMirror):
         self.directory = TenantDirectory()
 
     def apply(self, key: str, value: bytes | None) -> None:
-        self.directory.apply(key, None if value is None else TenantRecord.from_json(value))
+        self.directory.apply(key, None if value is None else stored_from_json(value))
 
-    async def save(self, record: TenantRecord) -> None:
+    async def save(self, record: TenantRecord | RetiredTenant) -> None:
+        """Store a tenant's new version, or the marker that retires it."""
         await self.put(record.id, record.to_json())
 
-    async def delete(self, tenant_id: str) -> None:
-        await self.put(tenant_id, None)  # a tombstone: compaction removes the config
+    async def forget(self, tenant_id: str) -> None:
+        await self.put(tenant_id, None)  # a tombstone: compaction removes the id for good

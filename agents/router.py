@@ -59,6 +59,7 @@ from streams.processing import (
     Origin,
     OutputRecord,
     forward_to_lane,
+    incarnation_of,
     internal_error,
     park,
     tenant_of_key,
@@ -194,6 +195,7 @@ class Router(Service):
                             message.partition,
                             message.offset,
                             message.timestamp,
+                            incarnation_of(message.headers),
                         )
                         destination = self._route_contained(record, now)
                         if destination is not None:

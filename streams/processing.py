@@ -23,7 +23,7 @@ import orjson
 
 from streams.hl7 import ExtractedMessage, Hl7Error, extract, hl7_ts_to_iso, split_batch
 from streams.masking import Shaper
-from streams.records import EVENT_SCHEMA_VERSION, DlqRecord
+from streams.records import EVENT_SCHEMA_VERSION, HEADER_INCARNATION, DlqRecord
 from streams.settings import DEFAULT_MAX_MESSAGE_BYTES, VALUE_HEADROOM_BYTES
 from streams.topics import TopicNames, is_valid_tenant_id
 
@@ -38,7 +38,9 @@ DEFAULT_MAX_VALUE_BYTES = DEFAULT_MAX_MESSAGE_BYTES + VALUE_HEADROOM_BYTES
 
 # DLQ reasons of faults Laneway contains (besides the message's own HL7 errors).
 INTERNAL_ERROR = "internal_error"  # a bug hit while processing or routing this one record
-UNKNOWN_TENANT = "unknown_tenant"  # the registry, caught up, does not know the record's tenant
+# The registry, caught up, does not know the record's tenant (or it was deleted, or the record
+# is stamped by another incarnation of the id).
+UNKNOWN_TENANT = "unknown_tenant"
 EVENT_TOO_LARGE = "event_too_large"  # the normalized event would exceed max_value_bytes
 KAFKA_REFUSED = "kafka_refused"  # Kafka refused the output as final (too large, invalid)
 
@@ -70,6 +72,16 @@ class IngressRecord(NamedTuple):
     partition: int
     offset: int
     timestamp_ms: int
+    # Its HEADER_INCARNATION: the incarnation of the tenant ingest wrote it for; None without.
+    incarnation: str | None = None
+
+
+def incarnation_of(headers: Iterable[tuple[str, bytes]]) -> str | None:
+    """The incarnation header among a record's headers; None if it has none."""
+    for name, raw in headers:
+        if name == HEADER_INCARNATION:
+            return bytes(raw).decode("ascii", "replace")
+    return None
 
 
 class Origin(NamedTuple):
@@ -92,13 +104,17 @@ class OutputRecord(NamedTuple):
 
 
 def forward_to_lane(record: IngressRecord, lane_topic: str, partition: int = 0) -> OutputRecord:
-    """The ingress record as it is handed to a lane: same key and bytes, plus its origin."""
+    """The ingress record as it is handed to a lane: same key, bytes and incarnation header,
+    plus its origin."""
     origin = f"{record.topic}|{record.partition}|{record.offset}|{record.timestamp_ms}"
+    headers = [(HEADER_SOURCE, origin.encode())]
+    if record.incarnation is not None:
+        headers.append((HEADER_INCARNATION, record.incarnation.encode()))
     return OutputRecord(
         topic=lane_topic,
         key=record.key or b"",
         value=record.value or b"",
-        headers=[(HEADER_SOURCE, origin.encode())],
+        headers=headers,
         is_dlq=False,
         partition=partition,
         origin=Origin(record),
@@ -109,12 +125,19 @@ def lane_record_origin(
     key: bytes | None, value: bytes | None, headers: Iterable[tuple[str, bytes]]
 ) -> IngressRecord | None:
     """The ingress record a lane record was forwarded from; None without a (readable) header."""
+    headers = list(headers)
     for name, raw in headers:
         if name == HEADER_SOURCE:
             try:
                 topic, partition, offset, timestamp_ms = raw.decode().rsplit("|", 3)
                 return IngressRecord(
-                    key, value, topic, int(partition), int(offset), int(timestamp_ms)
+                    key,
+                    value,
+                    topic,
+                    int(partition),
+                    int(offset),
+                    int(timestamp_ms),
+                    incarnation_of(headers),
                 )
             except ValueError:  # written by hand: the lane record is then its own origin
                 return None
@@ -126,20 +149,21 @@ def process_records(
     topics: TopicNames,
     shapers: Callable[[str], Shaper | None] | None = None,
     *,
-    unknown: Callable[[str], bool] | None = None,
+    unknown: Callable[[IngressRecord], bool] | None = None,
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
 ) -> list[OutputRecord]:
     """The outputs of a batch of records, in order; no record can stop the others.
 
-    A record of a tenant that `unknown` names goes, by reference, to the unrouted DLQ: without
-    its config its masks are unknown, so it is never emitted. An exception while processing a
+    A tenant's record that `unknown` names (its tenant unknown or deleted, or the record stamped
+    by another incarnation of the id) goes, by reference, to the unrouted DLQ: without its
+    config its masks are unknown, so it is never emitted. An exception while processing a
     record (a bug) parks that record with reason `internal_error` (type name only).
     """
     outputs: list[OutputRecord] = []
     for record in records:
         try:
             tenant = tenant_of_key(record.key)
-            if tenant is not None and unknown is not None and unknown(tenant):
+            if tenant is not None and unknown is not None and unknown(record):
                 error = Hl7Error(UNKNOWN_TENANT, "no such tenant in the registry")
                 outputs.append(park(Origin(record), topics, error, unrouted=True))
                 continue

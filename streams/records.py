@@ -13,6 +13,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 EVENT_SCHEMA_VERSION = 1
+# On an ingress record: the incarnation (`TenantRecord.incarnation`) of the tenant it was written
+# for, ASCII. Fetch-by-ref compares it with the asking tenant's.
+HEADER_INCARNATION = "laneway-incarnation"
 _JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 # Per-tenant masking (streams/masking.py) replaces a value by "h:" + 32 hex characters (hash)

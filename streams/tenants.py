@@ -2,12 +2,14 @@
 directory every worker rebuilds from the compacted tenant topic.
 
 Pure data and logic: no Kafka, no I/O. The registry service feeds `TenantDirectory.apply` with the
-topic's records and tombstones; the admin API validates bodies with `TenantSpec`/`TenantPatch`
-(a pydantic `ValidationError` names the bad field, e.g. `senders.0.networks.1`).
+topic's records (a tenant, or the `RetiredTenant` marker a DELETE leaves) and tombstones (a
+purge); the admin API validates bodies with `TenantSpec`/`TenantPatch` (a pydantic
+`ValidationError` names the bad field, e.g. `senders.0.networks.1`).
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
@@ -20,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    TypeAdapter,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -260,6 +263,10 @@ def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+# An incarnation id: uuid4 hex; "" for a record stored before incarnations existed.
+Incarnation = Annotated[str, StringConstraints(pattern=r"^(?:[0-9a-f]{32})?$")]
+
+
 class TenantRecord(TenantSpec):
     """A tenant as stored in the compacted tenant topic (keyed by tenant id)."""
 
@@ -268,6 +275,10 @@ class TenantRecord(TenantSpec):
     created_at: str
     updated_at: str
     version: int = Field(ge=1)
+    # Which onboarding of this id the record is: new at every POST, kept by every revision.
+    # Ingress records carry it in a header, so that an id purged and onboarded again never
+    # gets an earlier tenant's originals (`owns_ingress`).
+    incarnation: Incarnation = ""
 
     @classmethod
     def create(cls, spec: TenantSpec, token_sha256: str, now: datetime) -> TenantRecord:
@@ -278,10 +289,12 @@ class TenantRecord(TenantSpec):
             created_at=stamp,
             updated_at=stamp,
             version=1,
+            incarnation=uuid.uuid4().hex,
         )
 
     def revise(self, spec: TenantSpec, now: datetime) -> TenantRecord:
-        """The next version of this record carrying `spec` (same id, token and creation time)."""
+        """The next version of this record carrying `spec` (same id, token, creation time and
+        incarnation)."""
         if spec.id != self.id:
             raise ValueError(f"cannot revise tenant {self.id!r} with the spec of {spec.id!r}")
         return TenantRecord(
@@ -290,7 +303,33 @@ class TenantRecord(TenantSpec):
             created_at=self.created_at,
             updated_at=now.isoformat(),
             version=self.version + 1,
+            incarnation=self.incarnation,
         )
+
+    def retire(self, now: datetime) -> RetiredTenant:
+        """The marker that replaces this record when the tenant is deleted."""
+        return RetiredTenant(
+            id=self.id,
+            incarnation=self.incarnation,
+            created_at=self.created_at,
+            retired_at=now.isoformat(),
+        )
+
+    def owns_ingress(self, incarnation: str | None, timestamp_ms: int) -> bool:
+        """True if an ingress record keyed by this tenant's id belongs to this incarnation.
+
+        `incarnation` is the record's incarnation header, None when it has none. A header must
+        equal this incarnation. A record without one (written by another producer, or before
+        incarnations existed) belongs to it if it was written since this tenant was onboarded:
+        an earlier tenant of this id was deleted, and so stopped writing, before this one was
+        created. (Fetch-by-ref, which can name any retained record, applies this rule; the
+        processor, which sees records as they arrive, compares headers only: a record another
+        producer wrote with a clock running behind is never parked.)
+        """
+        if incarnation is not None:
+            return incarnation == self.incarnation
+        created_ms = int(datetime.fromisoformat(self.created_at).timestamp() * 1000)
+        return timestamp_ms >= created_ms
 
     def public_view(self) -> dict[str, Any]:
         """What GET returns: everything but the token hash, JSON-ready."""
@@ -302,6 +341,36 @@ class TenantRecord(TenantSpec):
     @classmethod
     def from_json(cls, data: bytes) -> TenantRecord:
         return cls.model_validate_json(data)
+
+
+class RetiredTenant(_Model):
+    """What a deleted tenant leaves in the tenant topic until it is purged.
+
+    The id is no tenant for ingest, routing, masking or tokens, and it cannot be onboarded again:
+    the old tenant's topics still hold its events, which a new tenant of the same id would
+    inherit. A purge deletes those topics and then the marker.
+    """
+
+    id: str
+    incarnation: Incarnation
+    created_at: str
+    retired_at: str
+
+    def public_view(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+# A tenant record and a marker share no required field set (and both forbid extra keys), so a
+# stored value validates as exactly one of them.
+_STORED = TypeAdapter(TenantRecord | RetiredTenant)
+
+
+def stored_from_json(data: bytes) -> TenantRecord | RetiredTenant:
+    """A value of the tenant topic; pydantic's ValidationError (a ValueError) if it is neither."""
+    return _STORED.validate_json(data)
 
 
 _SenderKey = tuple[str, str]
@@ -449,13 +518,16 @@ class TenantDirectory:
     """Every tenant a worker knows, rebuilt from the compacted tenant topic.
 
     Also indexes senders (MLLP routing) and token hashes (which tenant a bearer token belongs to,
-    so a valid token of another tenant can be told apart from an invalid one).
+    so a valid token of another tenant can be told apart from an invalid one). Retired ids are
+    kept apart: `get`, `all`, senders and tokens know only live tenants, so a retired tenant is
+    unknown to ingest, routing and masking alike.
     """
 
-    __slots__ = ("_pinned", "_records", "_senders", "_tenant_by_token")
+    __slots__ = ("_pinned", "_records", "_retired", "_senders", "_tenant_by_token")
 
     def __init__(self) -> None:
         self._records: dict[str, TenantRecord] = {}
+        self._retired: dict[str, RetiredTenant] = {}
         self._senders = SenderIndex()
         self._tenant_by_token: dict[str, str] = {}
         self._pinned: set[str] = set()
@@ -463,8 +535,9 @@ class TenantDirectory:
     def __len__(self) -> int:
         return len(self._records)
 
-    def apply(self, tenant_id: str, record: TenantRecord | None) -> None:
-        """Apply one topic record: a tenant's latest version, or None for a tombstone (deleted).
+    def apply(self, tenant_id: str, record: TenantRecord | RetiredTenant | None) -> None:
+        """Apply one topic record: a tenant's latest version, its retired marker (deleted), or
+        None for a tombstone (purged, or deleted before markers existed).
 
         Raises ValueError if the record's id differs from its key: such a record cannot be trusted
         and is left to the caller to report.
@@ -475,8 +548,11 @@ class TenantDirectory:
         if previous is not None and self._tenant_by_token.get(previous.token_sha256) == tenant_id:
             del self._tenant_by_token[previous.token_sha256]
         self._pinned.discard(tenant_id)
-        if record is None:
+        self._retired.pop(tenant_id, None)
+        if not isinstance(record, TenantRecord):
             self._senders.remove(tenant_id)
+            if record is not None:
+                self._retired[tenant_id] = record
             return
         self._records[tenant_id] = record
         self._tenant_by_token[record.token_sha256] = tenant_id
@@ -485,10 +561,18 @@ class TenantDirectory:
             self._pinned.add(tenant_id)
 
     def get(self, tenant_id: str) -> TenantRecord | None:
+        """The live tenant of this id; None if there is none (unknown, or retired)."""
         return self._records.get(tenant_id)
 
     def all(self) -> list[TenantRecord]:
         return list(self._records.values())
+
+    def retired(self, tenant_id: str) -> RetiredTenant | None:
+        """The marker of a deleted tenant whose id has not been purged yet."""
+        return self._retired.get(tenant_id)
+
+    def all_retired(self) -> list[RetiredTenant]:
+        return list(self._retired.values())
 
     def pinned(self) -> set[str]:
         """Tenants an operator pinned to a lane (to shared or to a dedicated one)."""

@@ -240,7 +240,7 @@ async def test_offboarded_tenant_is_refused_at_once(api: Api) -> None:
 
     assert delete_status == 204
     assert ingest_status == 401  # its token died with it
-    assert lookup_status == 404
+    assert lookup_status == 410  # retired until purged
 
 
 async def test_one_body_many_messages_gets_one_result_each(api: Api) -> None:

@@ -123,7 +123,7 @@ def test_records_of_an_unknown_tenant_go_by_reference_to_the_unrouted_dlq() -> N
         record(b"acme", 2, payloads[2]),
     ]
 
-    outputs = process_records(records, TOPICS, unknown={"deleted"}.__contains__)
+    outputs = process_records(records, TOPICS, unknown=lambda r: r.key == b"deleted")
 
     assert [output.topic for output in outputs] == [
         TOPICS.out("acme"),

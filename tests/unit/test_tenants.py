@@ -18,6 +18,7 @@ from streams.tenants import (
     DEFAULT_RATE_PER_S,
     LaneSettings,
     Peer,
+    RetiredTenant,
     SenderConflict,
     SenderIdentity,
     SenderIndex,
@@ -26,6 +27,7 @@ from streams.tenants import (
     TenantRecord,
     TenantSpec,
     identities_overlap,
+    stored_from_json,
 )
 
 EXAMPLE_BODY: dict[str, Any] = {
@@ -699,3 +701,131 @@ def test_ten_thousand_tenants_resolve_correctly() -> None:
         expected = None if n % 2 == 0 else f"t{n}"
         assert directory.resolve_sender(f"APP{n}", f"FAC{n}", None) == expected
         assert directory.tenant_for_token_hash(_token_hash(n)) == expected
+
+
+# --- Lifecycle: incarnations, retired markers, purge ------------------------------------------
+
+CREATED_MS = int(CREATED.timestamp() * 1000)
+
+
+def test_every_onboarding_is_a_new_incarnation_and_revisions_keep_it() -> None:
+    first = TenantRecord.create(stored_spec(), "a" * 64, CREATED)
+    again = TenantRecord.create(stored_spec(), "a" * 64, CREATED)
+
+    revised = first.revise(TenantPatch(name="Renamed").apply(first), UPDATED)
+
+    assert len(first.incarnation) == 32 and first.incarnation != again.incarnation
+    assert revised.incarnation == first.incarnation
+    assert first.public_view()["incarnation"] == first.incarnation
+
+
+def test_a_record_stored_before_incarnations_loads_with_none() -> None:
+    stored = json.loads(TenantRecord.create(stored_spec(), "a" * 64, CREATED).to_json())
+    del stored["incarnation"]
+
+    legacy = stored_from_json(json.dumps(stored).encode())
+
+    assert isinstance(legacy, TenantRecord) and legacy.incarnation == ""
+
+
+def test_the_incarnation_is_not_an_onboarding_field() -> None:
+    with pytest.raises(ValidationError) as exc:
+        TenantSpec.model_validate(body(incarnation="0" * 32))
+
+    assert only_error(exc)[0] == ("incarnation",)
+
+
+def test_ingress_with_an_incarnation_header_belongs_to_that_incarnation_only() -> None:
+    tenant = TenantRecord.create(stored_spec(), "a" * 64, CREATED)
+    earlier = TenantRecord.create(stored_spec(), "a" * 64, CREATED)
+
+    assert tenant.owns_ingress(tenant.incarnation, CREATED_MS)
+    # The header decides, whatever the timestamp says.
+    assert not tenant.owns_ingress(earlier.incarnation, CREATED_MS + 60_000)
+    assert not tenant.owns_ingress("", CREATED_MS + 60_000)
+
+
+def test_ingress_without_a_header_belongs_to_the_incarnation_onboarded_before_it() -> None:
+    tenant = TenantRecord.create(stored_spec(), "a" * 64, CREATED)
+
+    assert tenant.owns_ingress(None, CREATED_MS)
+    assert tenant.owns_ingress(None, CREATED_MS + 1)
+    assert not tenant.owns_ingress(None, CREATED_MS - 1)
+
+
+def test_retiring_keeps_the_id_incarnation_and_times() -> None:
+    tenant = TenantRecord.create(stored_spec(), "a" * 64, CREATED)
+
+    retired = tenant.retire(UPDATED)
+
+    assert retired == RetiredTenant(
+        id="st-marys",
+        incarnation=tenant.incarnation,
+        created_at=tenant.created_at,
+        retired_at="2024-05-02T09:30:00+00:00",
+    )
+    assert stored_from_json(retired.to_json()) == retired
+    assert stored_from_json(tenant.to_json()) == tenant
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"{}", b'{"id": "st-marys", "retired_at": "x"}', b"[]", b"not json"],
+)
+def test_a_stored_value_that_is_neither_a_tenant_nor_a_marker_is_refused(value: bytes) -> None:
+    with pytest.raises(ValueError):
+        stored_from_json(value)
+
+
+def test_a_retired_tenant_is_unknown_to_ingest_routing_masking_and_tokens() -> None:
+    directory = TenantDirectory()
+    pinned = record("st-marys", sender("EPIC")).model_copy(
+        update={"lane": LaneSettings(pinned="dedicated")}
+    )
+    directory.apply("st-marys", pinned)
+    directory.apply("lab42", record("lab42", sender("LIS"), token_digit="c"))
+    retired = pinned.retire(UPDATED)
+
+    directory.apply("st-marys", retired)
+
+    assert directory.get("st-marys") is None
+    assert [r.id for r in directory.all()] == ["lab42"] and len(directory) == 1
+    assert directory.resolve_sender("EPIC", "", PEER) is None
+    assert directory.sender_conflicts("other", [sender("EPIC")]) == []
+    assert directory.tenant_for_token_hash("a" * 64) is None
+    assert directory.pinned() == set()
+    assert directory.retired("st-marys") == retired
+    assert directory.all_retired() == [retired]
+    assert directory.retired("lab42") is None
+
+
+def test_a_purge_tombstone_forgets_the_retired_id() -> None:
+    directory = TenantDirectory()
+    directory.apply("st-marys", record("st-marys").retire(UPDATED))
+
+    directory.apply("st-marys", None)
+
+    assert directory.retired("st-marys") is None and directory.all_retired() == []
+
+
+def test_an_id_onboarded_again_is_live_and_no_longer_retired() -> None:
+    directory = TenantDirectory()
+    directory.apply("st-marys", record("st-marys").retire(UPDATED))
+    directory.apply("st-marys", None)
+    fresh = record("st-marys", sender("EPIC"), token_digit="b")
+
+    directory.apply("st-marys", fresh)
+
+    assert directory.get("st-marys") == fresh
+    assert directory.retired("st-marys") is None
+    assert directory.tenant_for_token_hash("b" * 64) == "st-marys"
+
+
+def test_a_marker_under_the_wrong_key_is_refused() -> None:
+    directory = TenantDirectory()
+    directory.apply("st-marys", record("st-marys"))
+
+    with pytest.raises(ValueError, match="does not match"):
+        directory.apply("st-marys", record("lab42").retire(UPDATED))
+
+    assert directory.get("st-marys") is not None and directory.retired("st-marys") is None
