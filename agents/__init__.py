@@ -51,7 +51,7 @@ def build_worker(settings: Settings | None = None, **faust_overrides: Any) -> La
     admin_api.install(app, registry, guard)
     stats = stats_api.install(app, registry, state, guard, broker)
     dashboard.install(app)
-    metrics.install(app, stats, mllp.counters)
+    metrics.install(app, stats, ingest, mllp.counters)
     dlq_replay.install(app, writer, guard)
     http_ingest.install(app, ingest, guard)
     fetch_api.install(app, registry, guard)

@@ -58,7 +58,11 @@ _NOTHING_ACCEPTED = (
 
 def install(app: LanewayApp, ingest: Ingest, guard: Guard) -> None:
     """Register the ingest view on `app`."""
-    max_body = app.laneway.http_max_body_bytes
+    max_body = app.laneway.http_body_limit
+
+    def body_too_large() -> ApiError:
+        ingest.refusals["http", "body_too_large"] += 1
+        return ApiError(413, "body_too_large", f"the body limit is {max_body} bytes")
 
     @app.page("/api/tenants/{tenant_id}/messages")
     class Messages(View):
@@ -72,13 +76,11 @@ def install(app: LanewayApp, ingest: Ingest, guard: Guard) -> None:
                     415, "unsupported_media_type", "send ER7 as application/hl7-v2 or text/plain"
                 )
             if request.content_length is not None and request.content_length > max_body:
-                raise ApiError(413, "body_too_large", f"the body limit is {max_body} bytes")
+                raise body_too_large()
             try:
                 results = await ingest.for_tenant(tenant_id, await request.read())
             except web.HTTPRequestEntityTooLarge as error:
-                raise ApiError(
-                    413, "body_too_large", f"the body limit is {max_body} bytes"
-                ) from error
+                raise body_too_large() from error
             except Hl7Error as error:
                 raise ApiError(422, error.code, error.detail) from error
             return _answer(ingest, results)

@@ -18,9 +18,10 @@ import itertools
 import logging
 import os
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 from aiokafka.structs import RecordMetadata
 from mode import Service
@@ -53,6 +54,7 @@ from streams.tenants import TenantRecord
 from streams.tls import CERT_MISMATCH, CERT_REQUIRED, PeerCertificate
 
 log = logging.getLogger(__name__)
+IngestPath = Literal["mllp", "http"]
 
 # Errors (AE), not rejects (AR): AR tells the sender to resend, and a resend over the same
 # connection cannot succeed until its certificate or the tenant's binding changes.
@@ -235,11 +237,31 @@ class Ingest:
         self._too_large = message_too_large(settings.max_message_bytes)
         # ACK control ids: unique per process and restart (pid + counter), no coordination.
         self._ack_ids = (f"LW{os.getpid()}-{n}" for n in itertools.count(1))
+        # For /metrics: messages refused at ingest by (path, reason), and MLLP frames whose
+        # ACKs were held at the rate ceiling.
+        self.refusals: Counter[tuple[IngestPath, str]] = Counter()
+        self.ceiling_holds = 0
+
+    def count_refusals(self, path: IngestPath, results: list[IngestResult]) -> list[IngestResult]:
+        for result in results:
+            if result.reason is not None:
+                self.refusals[path, result.reason] += 1
+        return results
 
     async def from_sender(self, payload: bytes, peer: Peer) -> list[IngestResult]:
         """An MLLP frame: the tenant is whoever registered the MSH-3/MSH-4 sender identity of
         every message in it. Messages from different senders refuse the whole frame, and so does
         a tenant that requires a client certificate the connection did not present."""
+        return self.count_refusals("mllp", await self._frame(payload, peer))
+
+    async def for_tenant(self, tenant_id: str, payload: bytes) -> list[IngestResult]:
+        """An HTTP body: the authenticated path names the tenant, no message may claim another.
+
+        Raises `Hl7Error` when the body cannot be split into messages.
+        """
+        return self.count_refusals("http", await self._body(tenant_id, payload))
+
+    async def _frame(self, payload: bytes, peer: Peer) -> list[IngestResult]:
         try:
             messages = [self._check(raw) for raw in split_batch(payload)]
         except Hl7Error as error:
@@ -264,14 +286,11 @@ class Ingest:
             # Over the ceiling, MLLP slows the sender: its ACKs (and next frame) wait.
             hold = _admit(self._ceiling(tenant), time.monotonic(), len(messages))
             if hold > 0:
+                self.ceiling_holds += 1
                 await asyncio.sleep(min(hold, MAX_ACK_HOLD_S))
         return await self._in_order(messages, tenant_id, ceiling=None)
 
-    async def for_tenant(self, tenant_id: str, payload: bytes) -> list[IngestResult]:
-        """An HTTP body: the authenticated path names the tenant, no message may claim another.
-
-        Raises `Hl7Error` when the body cannot be split into messages.
-        """
+    async def _body(self, tenant_id: str, payload: bytes) -> list[IngestResult]:
         messages = [self._check(raw) for raw in split_batch(payload)]
         claims = [self._claimed_by(message.header, None) for message in messages]
         if any(claim not in (None, tenant_id) for claim in claims):

@@ -29,6 +29,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from agents.ingest import Ingest
 from agents.mllp_listener import MllpCounters
 from agents.stats_api import FLAGS, StatsBook, TenantStats
 from streams.app import LanewayApp
@@ -38,10 +39,14 @@ WINDOWS = {"10s": "rate_10s", "1m": "rate_1m", "5m": "rate_5m"}
 
 
 class LanewayCollector(Collector):
-    """Laneway's metrics, computed from the stats book and the MLLP counters at scrape time."""
+    """Laneway's metrics, computed at scrape time from the stats book and the ingest and MLLP
+    counters."""
 
-    def __init__(self, book: StatsBook, mllp: MllpCounters, dedicated_lanes: int) -> None:
+    def __init__(
+        self, book: StatsBook, ingest: Ingest, mllp: MllpCounters, dedicated_lanes: int
+    ) -> None:
         self._book = book
+        self._ingest = ingest
         self._mllp = mllp
         self._lanes = ["shared", *(str(lane) for lane in range(dedicated_lanes))]
 
@@ -66,6 +71,19 @@ class LanewayCollector(Collector):
         for reason, value in sorted(self._book.app.dlq_reasons.items()):
             parked.add_metric([reason], value)
         yield parked
+        refused = CounterMetricFamily(
+            "laneway_ingest_refused",
+            "Messages refused at ingest (never written), by path and reason code.",
+            labels=["path", "reason"],
+        )
+        for (path, reason), value in sorted(self._ingest.refusals.items()):
+            refused.add_metric([path, reason], value)
+        yield refused
+        yield CounterMetricFamily(
+            "laneway_ingest_ceiling_holds",
+            "MLLP frames whose ACKs were held to slow a sender above its rate ceiling.",
+            value=self._ingest.ceiling_holds,
+        )
         yield from self._mllp_metrics()
 
     def _tenant_metrics(self, rows: list[TenantStats]) -> Iterator[Metric]:
@@ -185,7 +203,7 @@ def _lane_label(row: TenantStats) -> str:
     return "shared" if row.lane is None else str(row.lane)
 
 
-def install(app: LanewayApp, book: StatsBook, mllp: MllpCounters) -> None:
+def install(app: LanewayApp, book: StatsBook, ingest: Ingest, mllp: MllpCounters) -> None:
     """Serve `GET /metrics` from a registry of this app's own (several apps may share a process,
     as in tests): Faust's sensor, Laneway's collector and the process collectors."""
     # `*_created` timestamps double the series count and tell an operator nothing here. The
@@ -194,6 +212,6 @@ def install(app: LanewayApp, book: StatsBook, mllp: MllpCounters) -> None:
     registry = CollectorRegistry()
     for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
         registry.register(collector)
-    registry.register(LanewayCollector(book, mllp, app.laneway.dedicated_lanes))
+    registry.register(LanewayCollector(book, ingest, mllp, app.laneway.dedicated_lanes))
     # A fixed prefix: metric names must not change with the app id.
     setup_prometheus_sensors(app, pattern="/metrics", registry=registry, name_prefix="faust")

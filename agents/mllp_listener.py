@@ -351,6 +351,7 @@ class MllpListener(Service):
             header = read_header_lenient(error.head)
             too_large = message_too_large(frame_limit(self.app.laneway), "Frame")
             refusal = IngestResult(header, None, error=too_large, reason="message_too_large")
+            self.ingest.count_refusals("mllp", [refusal])
             await self._answer(refusal, writer)
             await self._linger(reader, writer)
             return False

@@ -123,7 +123,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> LanewayApp
         "store": "rocksdb://",
         "datadir": str(datadir),
         "web_port": settings.web_port,
-        "web_application_options": {"client_max_size": settings.http_max_body_bytes},
+        "web_application_options": {"client_max_size": settings.http_body_limit},
         "web_bind": settings.web_host,
         "web_host": settings.web_host,
         # Faust's own views would expose table data, sensor stats and topic names of every

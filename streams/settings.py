@@ -168,6 +168,12 @@ class Settings(BaseSettings):
     )
 
     @property
+    def http_body_limit(self) -> int:
+        """The largest HTTP ingest body read: a body must be able to carry one message of the
+        size contract (`max_message_bytes`), whatever `http_max_body_bytes` says."""
+        return max(self.http_max_body_bytes, self.max_message_bytes)
+
+    @property
     def max_value_bytes(self) -> int:
         """Largest output value (event or DLQ record JSON); a larger one goes by reference."""
         return self.max_message_bytes + VALUE_HEADROOM_BYTES

@@ -355,6 +355,27 @@ async def test_metrics_count_mllp_acks_without_naming_tenants(
     assert undocumented == set()
 
 
+async def test_metrics_count_ingest_refusals_by_path_and_reason(
+    api: Api, worker: WorkerProcess, worker_env: dict
+) -> None:
+    tenant = await api.onboard(unique("refused"))
+    status, _ = await api.call("POST", f"/api/tenants/{tenant['id']}/pause", token=api.admin_token)
+    assert status == 200
+    before = scrape((await get(api.base_url, "/metrics")).body.decode())
+    feed = SyntheticFeed(seed=17, sending_facility=unique("NOBODY").upper(), escape_rate=0)
+
+    status, _ = await api.send(tenant["id"], tenant["token"], feed.next_message())
+    ack = await mllp_exchange(int(worker_env["LANEWAY_MLLP_PORT"]), feed.next_message())
+    after = scrape((await get(api.base_url, "/metrics")).body.decode())
+
+    assert status == 503
+    assert b"MSA|AR|" in ack
+    refused = "laneway_ingest_refused_total"
+    for path, reason in (("http", "tenant_paused"), ("mllp", "unknown_sender")):
+        labels = (("path", path), ("reason", reason))
+        assert after[refused][labels] == before.get(refused, {}).get(labels, 0) + 1
+
+
 def test_a_stale_state_document_fades_short_windows_and_keeps_long_ones() -> None:
     volume = TenantVolume()
     stopped_at = 1_000_000.0

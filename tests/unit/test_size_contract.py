@@ -37,6 +37,12 @@ def test_limits_derive_from_max_message_bytes(message_bytes: int) -> None:
     assert settings.max_fetch_bytes >= max(settings.max_record_bytes, 1024 * KIB)
 
 
+def test_ingest_limits_always_carry_one_message_of_the_contract() -> None:
+    small = make_settings(max_message_bytes=8 * 1024 * KIB, http_max_body_bytes=1024 * KIB)
+    assert small.http_body_limit == 8 * 1024 * KIB
+    assert make_settings(http_max_body_bytes=16 * 1024 * KIB).http_body_limit == 16 * 1024 * KIB
+
+
 def test_topics_producers_and_consumers_carry_the_contract(tmp_path: Path) -> None:
     settings = make_settings(data_dir=tmp_path, web_port=6131, max_message_bytes=128 * KIB)
     record = settings.max_record_bytes
@@ -45,6 +51,7 @@ def test_topics_producers_and_consumers_carry_the_contract(tmp_path: Path) -> No
         assert app.producer_size_config["max_request_size"] == record
         assert app.conf.producer_max_request_size == record
         assert app.conf.consumer_max_fetch_size == settings.max_fetch_bytes
+        assert app.conf.web_application_options["client_max_size"] == settings.http_body_limit
 
 
 def _ingress(value: bytes, key: bytes = b"big-tenant") -> IngressRecord:
