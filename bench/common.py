@@ -72,6 +72,13 @@ def run_bench(
     print(summary(results))
 
 
+def targets_verdict(name: str, results: dict[str, Any]) -> str:
+    """The end of a bench's summary line: the targets missed (or none) and where results are."""
+    missed = results["targets_missed"]
+    verdict = f"MISSED: {', '.join(missed)}" if missed else "all targets met"
+    return f"{verdict} -> bench/results/{name}.json, {name}.png"
+
+
 def exit_on_missed_targets(name: str) -> None:
     """Exit 1, naming each one, if bench/results/<name>.json lists targets missed."""
     missed = json.loads((RESULTS_DIR / f"{name}.json").read_text())["targets_missed"]

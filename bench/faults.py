@@ -60,6 +60,7 @@ from bench.common import (
     free_port,
     log,
     run_bench,
+    targets_verdict,
 )
 from bench.outage import Tenant
 from bench.throughput import git_commit
@@ -1166,14 +1167,11 @@ def parse_args() -> argparse.Namespace:
 
 
 def _summary(results: dict[str, Any]) -> str:
-    missed = results["targets_missed"]
     return (
         f"faults: {results['faults_accounted']}/{results['faults_sent']} accounted, "
         f"{results['lost']} lost, {results['stalls']} s stalled, quiet p99 "
         f"{results['quiet_p99_steady_ms']} ms steady / {results['quiet_p99_faults_ms']} ms with "
-        f"faults; "
-        + (f"MISSED: {', '.join(missed)}" if missed else "all targets met")
-        + " -> bench/results/faults.json, faults.png"
+        f"faults; {targets_verdict('faults', results)}"
     )
 
 

@@ -57,6 +57,7 @@ from bench.common import (
     free_port,
     log,
     run_bench,
+    targets_verdict,
 )
 from bench.throughput import git_commit
 from streams.topics import TopicNames
@@ -1125,15 +1126,12 @@ def parse_args() -> argparse.Namespace:
 
 
 def _summary(results: dict[str, Any]) -> str:
-    missed = results["targets_missed"]
     return (
         f"outages: {results['acked']} accepted, {results['lost']} lost, "
         f"{results['acked_while_down']} accepted while down, recovery "
         f"{results['ingest_recovery_s']} s, {results['log_lines_during_outage']} log lines, "
         f"cluster kill lost {results['cluster_broker_kill_lost']}, max gap "
-        f"{results['cluster_max_ack_gap_s']} s; "
-        + (f"MISSED: {', '.join(missed)}" if missed else "all targets met")
-        + " -> bench/results/outage.json, outage.png"
+        f"{results['cluster_max_ack_gap_s']} s; {targets_verdict('outage', results)}"
     )
 
 
