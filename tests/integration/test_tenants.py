@@ -258,6 +258,10 @@ async def test_one_body_many_messages_gets_one_result_each(api: Api) -> None:
     assert answer["results"][0]["control_id"] == guess_control_id(good[0])
 
 
+# 1000 onboardings in a row take ~160 s on an idle 2-core machine and ~340 s under load: the
+# suite-wide 300 s hang guard is too tight for this one test. Each onboarding waits for its two
+# topics to be created, a cost that grows with the topics the cluster holds.
+@pytest.mark.timeout(900)
 async def test_thousand_tenants_onboarded_in_a_row_each_usable_at_once(api: Api) -> None:
     prefix = unique("bulk")
     started = time.monotonic()
