@@ -85,7 +85,8 @@ class TopicKind:
     """One row of the topic table: how every topic of one kind is created."""
 
     key: str  # what the record key holds (README's topic table says the same)
-    # Else one partition, which keeps a topic's records, and so each tenant's, in one order.
+    # As many partitions as ingress (`ingress_partitions`), or else one, which keeps all of the
+    # topic's records, and so each tenant's, in one order.
     partitioned_like_ingress: bool = False
     compacted: bool = False  # Kafka keeps the latest record per key
     retention_ms: int | None = None  # None: the broker's default
