@@ -37,9 +37,6 @@ from streams.app import LanewayApp
 from streams.auth import hash_token, new_token
 from streams.tenants import RetiredTenant, SenderIdentity, TenantPatch, TenantRecord, TenantSpec
 
-# A deleted tenant's topics keep their data for this long (Kafka retention) unless it is purged,
-# so downstream teams can finish reading. README documents it.
-OUTPUT_RETENTION_MS = 7 * 24 * 3600 * 1000
 # How long a purge waits for the broker to stop listing the deleted topics.
 PURGE_TIMEOUT_S = 30.0
 PURGE_POLL_S = 0.2
@@ -98,10 +95,7 @@ class TenantTopics(Service):
         client = self.app.producer._ensure_producer().client
         if any(client.cluster.partitions_for_topic(name) is not None for name in names):
             await client.force_metadata_update()
-        config = {"retention.ms": OUTPUT_RETENTION_MS}
-        await asyncio.gather(
-            *(self.app.create_topic(name, partitions=1, config=config) for name in names)
-        )
+        await self.app.declare(*names)
 
     async def existing(self, tenant_id: str) -> list[str]:
         """The tenant's topics the broker lists."""

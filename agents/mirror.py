@@ -51,8 +51,7 @@ class CompactedTopicMirror(Service):
         raise NotImplementedError
 
     async def on_start(self) -> None:
-        # One partition: one total order of changes.
-        await self.app.create_topic(self.topic, partitions=1, compacting=True)
+        await self.app.declare(self.topic)
         servers = self.app.laneway.bootstrap_servers
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=servers,

@@ -133,22 +133,10 @@ def _count_dlq(
 
 
 def shared_lane(app: LanewayApp) -> TopicT:
-    return app.topic(
-        app.topic_names.shared_lane,
-        key_type=bytes,
-        value_type=bytes,
-        partitions=app.laneway.ingress_partitions,  # co-partitioned with ingress
-        internal=True,
-        config=app.durable_topic_config,
-    )
+    return app.laneway_topic(app.topic_names.shared_lane)
 
 
 def dedicated_lanes(app: LanewayApp) -> TopicT:
-    return app.topic(
-        *(app.topic_names.dedicated_lane(lane) for lane in range(app.laneway.dedicated_lanes)),
-        key_type=bytes,
-        value_type=bytes,
-        partitions=1,  # one partition per lane: a tenant's records stay in order
-        internal=True,
-        config=app.durable_topic_config,
+    return app.laneway_topic(
+        *(app.topic_names.dedicated_lane(lane) for lane in range(app.laneway.dedicated_lanes))
     )

@@ -32,7 +32,7 @@ from streams.processing import KAFKA_REFUSED, OutputRecord, park
 log = logging.getLogger(__name__)
 
 # Largest record batch the publisher builds, unless the size contract's record limit is lower:
-# a batch must fit the topic's max.message.bytes as a whole.
+# a batch must fit the topic's record limit (streams/topics.py) as a whole.
 _MAX_BATCH_BYTES = 1024 * 1024
 _RETRY_FIRST_DELAY_S = 0.2
 _RETRY_MAX_DELAY_S = 5.0
@@ -82,7 +82,7 @@ class OutputPublisher:
         app.on_before_shutdown.connect(self._on_shutdown)
 
     def declared(self, *topics: str) -> None:
-        """Topics someone else created (with their own partition count): never declare them."""
+        """Topics someone else created already: no need to declare them again."""
         self._known_topics.update(topics)
 
     async def publish(self, outputs: list[OutputRecord]) -> dict[tuple[str, int], int]:
@@ -208,8 +208,7 @@ class OutputPublisher:
             return self._producer.producer
 
     async def _declare(self, topic: str) -> None:
-        # One partition per tenant topic keeps each tenant's output in ingress order.
-        await self._app.create_topic(topic, partitions=1)
+        await self._app.declare(topic)
         self._known_topics.add(topic)
         log.info("declared output topic %s", topic)
 

@@ -127,16 +127,11 @@ class Router(Service):
 
     async def on_start(self) -> None:
         settings = self.app.laneway
-        create = self.app.create_topic
-        await create(self.topics.control, partitions=1)
-        # Co-partitioned with ingress.
-        await create(self.topics.shared_lane, partitions=settings.ingress_partitions)
         lanes = [self.topics.dedicated_lane(lane) for lane in range(settings.dedicated_lanes)]
-        for lane_topic in lanes:
-            # One partition per dedicated lane: a tenant's records stay in order.
-            await create(lane_topic, partitions=1)
+        await self.app.declare(
+            self.topics.ingress, self.topics.control, self.topics.shared_lane, *lanes
+        )
         self.publisher.declared(self.topics.shared_lane, *lanes)
-        await self.app.declare_ingress()
         self._admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
         await self._admin.start()
         self._consumer = AIOKafkaConsumer(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import aiokafka
@@ -12,7 +14,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TopicT, TransportT
 
 from streams.settings import Settings
-from streams.topics import TopicNames
+from streams.topics import TopicNames, TopicTable
 
 # Fetches: how long the broker may hold one, and how much it waits for. Faust hard-codes a
 # 1,500 ms wait for 1 byte. After a backlog its consumer then settled into a steady lag of about
@@ -44,9 +46,10 @@ class _PromptTransport(faust_aiokafka.Transport):
 
 
 class LanewayApp(faust.App):
-    """A Faust app that carries Laneway's settings and topic names."""
+    """A Faust app that carries Laneway's settings and topics."""
 
     laneway: Settings
+    topic_table: TopicTable
     topic_names: TopicNames
     # DLQ records this process wrote, by reason: faults it contained (internal_error,
     # unknown_tenant, event_too_large, kafka_refused) and messages' own errors.
@@ -60,55 +63,42 @@ class LanewayApp(faust.App):
             await self.startup_gate()
 
     @property
-    def durable_topic_config(self) -> dict[str, str]:
-        """Topic config every Laneway topic is created with (besides its replication factor):
-        durability, and the size contract's record limit (the broker default is 1 MiB)."""
-        return {
-            "min.insync.replicas": str(self.laneway.topic_min_insync_replicas),
-            "max.message.bytes": str(self.laneway.max_record_bytes),
-        }
-
-    @property
     def producer_size_config(self) -> dict[str, int]:
         """aiokafka producer settings of the size contract: every Laneway producer uses them.
         (aiokafka's default batch size, 16 KiB, is far below any topic's limit.)"""
         return {"max_request_size": self.laneway.max_record_bytes}
 
-    async def create_topic(
-        self,
-        name: str,
-        partitions: int,
-        *,
-        compacting: bool = False,
-        config: dict[str, Any] | None = None,
-    ) -> None:
-        """Create a Laneway topic (if missing) with the deployment's durability settings."""
-        await self.producer.create_topic(
-            name,
-            partitions=partitions,
-            replication=self.laneway.topic_replication,
-            compacting=compacting,
-            config={**self.durable_topic_config, **(config or {})},
-        )
-
     def _new_transport(self) -> TransportT:
         return _PromptTransport(self.conf.broker_consumer, self)
 
-    def ingress_topic(self) -> TopicT:
-        """The tenant-keyed ingress topic, with the partition count every writer must declare."""
+    def laneway_topic(self, *names: str) -> TopicT:
+        """A Faust topic of Laneway's own, as the topic table specifies it. Faust declares one
+        topic object's names alike, so they must share one spec."""
+        specs = [self.topic_table.spec(name) for name in names]
+        first = specs[0]
+        if any(replace(spec, name=first.name) != first for spec in specs):
+            raise ValueError(f"topics {names} differ in their specs")
         return self.topic(
-            self.topic_names.ingress,
+            *names,
             key_type=bytes,
             value_type=bytes,
-            partitions=self.laneway.ingress_partitions,
-            # Laneway owns this topic: Faust then declares it before subscribing.
+            partitions=first.partitions,
+            replicas=first.replication,
+            config=first.config,
+            # Laneway owns these topics: Faust declares the ones its agents read before
+            # subscribing to them.
             internal=True,
-            config=self.durable_topic_config,
         )
+
+    async def declare(self, *names: str) -> None:
+        """Create the topics that are missing, as the topic table specifies them; an existing
+        topic is kept as it is. Every topic Laneway creates goes through here, besides those
+        Faust declares itself (`laneway_topic`)."""
+        await asyncio.gather(*(self.laneway_topic(name).maybe_declare() for name in names))
 
     async def declare_ingress(self) -> None:
         """Create the ingress topic if missing; writers call this before their first send."""
-        await self.ingress_topic().maybe_declare()
+        await self.declare(self.topic_names.ingress)
 
 
 def create_app(settings: Settings | None = None, **overrides: Any) -> LanewayApp:
@@ -154,6 +144,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> LanewayApp
     options.update(overrides)
     app = LanewayApp(settings.app_id, **options)
     app.laneway = settings
-    app.topic_names = TopicNames(settings.topic_prefix)
+    app.topic_table = TopicTable(settings)
+    app.topic_names = app.topic_table.names
     app.dlq_reasons = Counter()
     return app

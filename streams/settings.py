@@ -180,7 +180,8 @@ class Settings(BaseSettings):
 
     @property
     def max_record_bytes(self) -> int:
-        """`max.message.bytes` of every Laneway topic and `max_request_size` of every producer."""
+        """The record limit of every Laneway topic (streams/topics.py) and `max_request_size` of
+        every producer."""
         return self.max_message_bytes + RECORD_HEADROOM_BYTES
 
     @property

@@ -1,13 +1,22 @@
-"""Topic names: the layout is part of the public contract (docs/architecture.md §3).
+"""Topics: their names, and the one table that says how each is created.
 
-Ingress and lane topics are keyed by the tenant id as raw bytes, so one serializer is used for
-every tenant-keyed topic and table (docs/faust-notes.md: mixed key serializers break partitioning).
+The names are part of the public contract (docs/architecture.md §3). Ingress and lane topics are
+keyed by the tenant id as raw bytes, so one serializer is used for every tenant-keyed topic and
+table (docs/faust-notes.md: mixed key serializers break partitioning).
+
+Every Laneway topic is created from its row in `TOPIC_TABLE`, resolved by `TopicTable.spec`:
+`LanewayApp.declare` creates topics from it, and the topics Faust declares for its agents are
+built from it (`LanewayApp.laneway_topic`). No other code sets a partition count or a topic config.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
+
+from streams.settings import Settings
 
 # A tenant id doubles as a Kafka topic-name suffix and a URL path segment, so it is a slug:
 # lower-case letters, digits and inner hyphens, at most 64 characters.
@@ -64,3 +73,118 @@ class TopicNames:
     @property
     def dlq_unrouted(self) -> str:
         return self.dlq(UNROUTED_SUFFIX)
+
+
+# Per-tenant output and DLQ topics keep their records this long, also once the tenant is deleted
+# (unless it is purged), so downstream teams can finish reading. README documents it.
+OUTPUT_RETENTION_MS = 7 * 24 * 3600 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class TopicKind:
+    """One row of the topic table: how every topic of one kind is created."""
+
+    key: str  # what the record key holds (README's topic table says the same)
+    # As many partitions as ingress (`ingress_partitions`), or else one, which keeps all of the
+    # topic's records, and so each tenant's, in one order.
+    partitioned_like_ingress: bool = False
+    compacted: bool = False  # Kafka keeps the latest record per key
+    retention_ms: int | None = None  # None: the broker's default
+
+
+# Kind (a `TopicNames` member) -> row. Every topic also carries the size contract's record limit
+# and the deployment's replication and min.insync.replicas (`TopicSpec`).
+TOPIC_TABLE: Mapping[str, TopicKind] = MappingProxyType(
+    {
+        "ingress": TopicKind("tenant id (raw bytes)", partitioned_like_ingress=True),
+        # Same partition as in ingress: the worker that processes a tenant's shared lane also
+        # measures and routes it (agents.router).
+        "shared_lane": TopicKind("tenant id", partitioned_like_ingress=True),
+        "dedicated_lane": TopicKind("tenant id"),
+        "out": TopicKind("tenant id", retention_ms=OUTPUT_RETENTION_MS),
+        "dlq": TopicKind("tenant id", retention_ms=OUTPUT_RETENTION_MS),
+        "dlq_unrouted": TopicKind("record key", retention_ms=OUTPUT_RETENTION_MS),
+        # Mirrored whole by every worker (agents.mirror): one total order of changes.
+        "tenants": TopicKind("tenant id", compacted=True),
+        "tenant_state": TopicKind("tenant id", compacted=True),
+        "control": TopicKind("tenant id"),
+    }
+)
+
+# Kinds of the names that end in a variable part, by the part before it.
+_VARIABLE_KINDS = {"lane.dedicated": "dedicated_lane", "out": "out", "dlq": "dlq"}
+_LANE_NUMBER = re.compile(r"[0-9]+")
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """How one topic is created: its row of the table with the deployment's settings."""
+
+    name: str
+    key: str
+    partitions: int
+    compacted: bool
+    retention_ms: int | None
+    max_record_bytes: int  # the size contract's record limit (docs/limits.md)
+    replication: int
+    min_insync_replicas: int
+
+    @property
+    def config(self) -> dict[str, str]:
+        """The topic's Kafka configuration."""
+        config = {
+            # An acks=all write (and so an AA) needs this many in-sync replicas.
+            "min.insync.replicas": str(self.min_insync_replicas),
+            # The broker's default is 1 MiB, whatever the size contract says.
+            "max.message.bytes": str(self.max_record_bytes),
+        }
+        if self.compacted:
+            config["cleanup.policy"] = "compact"
+        if self.retention_ms is not None:
+            config["retention.ms"] = str(self.retention_ms)
+        return config
+
+
+class TopicTable:
+    """The spec of every Laneway topic name, for one deployment's settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.names = TopicNames(settings.topic_prefix)
+        self._settings = settings
+
+    def kind(self, name: str) -> str:
+        """The kind (row of `TOPIC_TABLE`) of topic `name`; KeyError if it is no Laneway topic."""
+        names = self.names
+        fixed = {
+            names.ingress: "ingress",
+            names.shared_lane: "shared_lane",
+            names.dlq_unrouted: "dlq_unrouted",
+            names.tenants: "tenants",
+            names.tenant_state: "tenant_state",
+            names.control: "control",
+        }
+        if name in fixed:
+            return fixed[name]
+        if name.startswith(names.prefix):
+            stem, _, variable = name.removeprefix(names.prefix).rpartition(".")
+            kind = _VARIABLE_KINDS.get(stem)
+            if kind == "dedicated_lane" and _LANE_NUMBER.fullmatch(variable):
+                return kind
+            if kind in ("out", "dlq") and is_valid_tenant_id(variable):
+                return kind
+        raise KeyError(f"{name!r} is no Laneway topic")
+
+    def spec(self, name: str) -> TopicSpec:
+        """How topic `name` is created; KeyError if it is no Laneway topic."""
+        row = TOPIC_TABLE[self.kind(name)]
+        settings = self._settings
+        return TopicSpec(
+            name=name,
+            key=row.key,
+            partitions=settings.ingress_partitions if row.partitioned_like_ingress else 1,
+            compacted=row.compacted,
+            retention_ms=row.retention_ms,
+            max_record_bytes=settings.max_record_bytes,
+            replication=settings.topic_replication,
+            min_insync_replicas=settings.topic_min_insync_replicas,
+        )

@@ -47,7 +47,8 @@ def test_topics_producers_and_consumers_carry_the_contract(tmp_path: Path) -> No
     settings = make_settings(data_dir=tmp_path, web_port=6131, max_message_bytes=128 * KIB)
     record = settings.max_record_bytes
     for app in (build_worker(settings), build_lane_worker(settings)):
-        assert app.durable_topic_config["max.message.bytes"] == str(record)
+        for name in (app.topic_names.ingress, app.topic_names.out("big-tenant")):
+            assert app.topic_table.spec(name).config["max.message.bytes"] == str(record)
         assert app.producer_size_config["max_request_size"] == record
         assert app.conf.producer_max_request_size == record
         assert app.conf.consumer_max_fetch_size == settings.max_fetch_bytes
@@ -123,20 +124,27 @@ async def test_every_topic_laneway_creates_carries_the_record_limit_and_durabili
     app = build_worker(settings)
     created: list[dict[str, object]] = []
 
-    async def create_topic(name: str, **options: object) -> None:
-        created.append({"name": name, **options})
+    async def create_topic(**options: object) -> None:
+        created.append(options)
+
+    async def started() -> object:
+        return app.producer
 
     monkeypatch.setattr(app.producer, "create_topic", create_topic)
+    monkeypatch.setattr(app, "maybe_start_producer", started)
     expected = {"min.insync.replicas": "2", "max.message.bytes": str(256 * KIB + 64 * KIB)}
+    names = app.topic_names
 
-    await app.create_topic("t", partitions=1, config={"retention.ms": "1000"})
+    await app.declare(names.ingress, names.tenants, names.out("big-tenant"), names.dlq_unrouted)
 
-    [options] = created
-    assert options["replication"] == 3
-    assert options["config"] == {**expected, "retention.ms": "1000"}
-    # Topics Faust declares (ingress and lanes) are given the same config.
-    for topic in (app.ingress_topic(), processor.shared_lane(app), processor.dedicated_lanes(app)):
+    assert len(created) == 4
+    for options in created:
+        assert options["replication"] == 3
+        assert options["config"] | expected == options["config"]
+    # Topics Faust declares (the lanes its agents read) are given the same config.
+    for topic in (processor.shared_lane(app), processor.dedicated_lanes(app)):
         assert topic.config == expected
+        assert topic.replicas == 3
     assert app.conf.topic_replication_factor == 3
 
 
