@@ -33,9 +33,6 @@ import logging
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from pydantic import SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
 from streams.records import ThinEvent
 from streams.tenants import OutputOptions, TenantDirectory
 
@@ -52,22 +49,6 @@ SSN_IDENTIFIER_TYPE = "SS"  # HL7 table 0203: Social Security number
 
 # The keys a thin event keeps, in the contract's order; "mode" is set, not copied.
 THIN_KEYS = tuple(key for key in ThinEvent.model_fields if key != "mode")
-
-
-class MaskSettings(BaseSettings):
-    """The masking secret, read like every Laneway setting (environment or `.env`)."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="LANEWAY_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
-    )
-
-    mask_secret: SecretStr | None = None
-
-
-def load_mask_secret() -> bytes | None:
-    """`LANEWAY_MASK_SECRET` (environment or `.env`), or None when unset: hashing then drops."""
-    secret = MaskSettings().mask_secret
-    return secret.get_secret_value().encode() if secret else None
 
 
 def tenant_hash_key(secret: bytes, tenant: str) -> bytes:
