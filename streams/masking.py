@@ -20,7 +20,8 @@ A tenant's `OutputOptions` pick what its events carry (docs/consumers.md is the 
   by component; identifiers keep their assigning authority and type.
 
 Shaping runs after `processing.event_document`, only for tenants that configured it; the
-document may hold the codec's dataclasses (the hot path leaves them for orjson) or dicts.
+document may hold the contract's record dataclasses (the hot path leaves them for orjson) or
+dicts.
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ def _mask_free_text(observation: Any, conceal: _Concealer) -> Any:
 
 
 def _as_dict(value: Any) -> Document:
-    """A new dict of a nested record: a dict (parsed event) or a codec dataclass (hot path)."""
+    """A new dict of a nested record: a dict (parsed event) or a record dataclass (hot path)."""
     if isinstance(value, Mapping):
         return dict(value)
     return {field.name: getattr(value, field.name) for field in dataclasses.fields(value)}

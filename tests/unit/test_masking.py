@@ -24,8 +24,8 @@ from streams.masking import (
     tenant_hash_key,
     thin_event,
 )
-from streams.processing import IngressRecord, IngressRef, event_document, process_ingress_record
-from streams.records import OUTPUT_EVENT, DlqRecord, NormalizedEvent, ThinEvent
+from streams.processing import IngressRecord, event_document, process_ingress_record
+from streams.records import OUTPUT_EVENT, DlqRecord, IngressRef, NormalizedEvent, ThinEvent
 from streams.settings import Settings
 from streams.tenants import (
     MaskedField,
