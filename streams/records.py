@@ -11,11 +11,11 @@ Downstream teams read them as JSON from `laneway.out.<tenant>` (an `OutputEvent`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-EVENT_SCHEMA_VERSION = 1
+EVENT_SCHEMA_VERSION: Final = 1  # Final: its type is Literal[1], as the models declare
 # On an ingress record: the incarnation (`TenantRecord.incarnation`) of the tenant it was written
 # for, ASCII. Fetch-by-ref compares it with the asking tenant's.
 HEADER_INCARNATION = "laneway-incarnation"
