@@ -24,7 +24,7 @@ from agents.publisher import OutputPublisher
 from agents.registry import TenantRegistry
 from streams.app import LanewayApp
 from streams.gcra import Gcra
-from streams.masking import OutputShapers, load_mask_secret
+from streams.masking import OutputShapers
 from streams.processing import (
     IngressRecord,
     OutputRecord,
@@ -62,7 +62,7 @@ def install(
     settings = app.laneway
     topics = app.topic_names
     publisher = OutputPublisher(app)
-    shapers = OutputShapers(registry.directory, load_mask_secret())
+    shapers = OutputShapers(registry.directory, settings.mask_secret_bytes)
     pace = Gcra(drain_rate, burst=settings.batch_max) if drain_rate > 0 else None
 
     def unknown(record: IngressRecord) -> bool:

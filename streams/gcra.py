@@ -62,13 +62,6 @@ class Gcra:
         wait = ahead + n * self._interval - self._allowance
         return wait if wait > _SLACK_S else 0.0
 
-    def conforms(self, now: float, n: int = 1) -> bool:
-        """Whether `n` messages at `now` keep the contract; only conforming messages count."""
-        if self.delay(now, n) > 0.0:
-            return False
-        self._consume(now, n)
-        return True
-
     def admit(self, now: float, n: int = 1) -> float:
         """Count `n` messages (at most `burst`) and return how long the caller must hold them
         (0 = send now).
@@ -86,17 +79,10 @@ class Gcra:
             self._tat = 0.0
         self._tat += n * self._interval
 
-    def is_idle(self, now: float) -> bool:
-        """The full burst is available again: a fresh limiter would behave the same."""
-        return self.delay(now, self._burst) == 0.0
-
 
 class RateTable:
-    """tenant id -> Gcra, created on a tenant's first message; idle limiters may be dropped.
-
-    Contracts other than the default are kept apart from the limiters, so dropping an idle
-    limiter loses no contract.
-    """
+    """tenant id -> Gcra, created on a tenant's first message with its contract (or the
+    default); a contract set before that waits for it."""
 
     __slots__ = ("_contracts", "_default", "_limiters")
 
@@ -112,27 +98,8 @@ class RateTable:
         if limiter is not None:
             limiter.set_contract(*contract)
 
-    def remove(self, tenant: str) -> None:
-        """Forget a deleted tenant's contract and limiter."""
-        self._contracts.pop(tenant, None)
-        self._limiters.pop(tenant, None)
-
     def limiter(self, tenant: str) -> Gcra:
         limiter = self._limiters.get(tenant)
         if limiter is None:
             limiter = self._limiters[tenant] = Gcra(*self._contracts.get(tenant, self._default))
         return limiter
-
-    def admit(self, tenant: str, now: float) -> float:
-        """`Gcra.admit` for the tenant: seconds to hold its message (0 = send now)."""
-        return self.limiter(tenant).admit(now)
-
-    def drop_idle(self, now: float) -> int:
-        """Drop the limiters whose full burst is available again; returns how many."""
-        idle = [tenant for tenant, limiter in self._limiters.items() if limiter.is_idle(now)]
-        for tenant in idle:
-            del self._limiters[tenant]
-        return len(idle)
-
-    def __len__(self) -> int:
-        return len(self._limiters)

@@ -2,11 +2,10 @@
 
 - Promote (shared -> dedicated) as soon as the tenant's recent rate (`TenantVolume.recent_rate`,
   ~2 s) is far above its contract: above `promote_factor` x contract and above
-  `promote_min_rate`. Optionally also when it is far above its fair share of the shared lane:
-  above `fair_share_factor` x (shared capacity / active tenants), and above `promote_min_rate`.
+  `promote_min_rate`.
 - Demote (dedicated -> shared) only after the 10-s rate has stayed below `calm_factor` x
-  contract (and below `calm_factor` x fair share when that rule is on) for `hold_down_s` without
-  a break, and the old lane holds none of the tenant's records (`backlog_empty`).
+  contract for `hold_down_s` without a break, and the old lane holds none of the tenant's
+  records (`backlog_empty`).
   The gap between the two thresholds plus the hold-down is the hysteresis: a rate oscillating
   around either threshold cannot make a tenant flap.
 - An operator pin (`shared`, or `dedicated` with an optional lane index) overrides the traffic
@@ -27,16 +26,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 Pin = Literal["auto", "shared", "dedicated"]
-MoveReason = Literal[
-    "rate_above_contract", "rate_above_fair_share", "calm_and_drained", "pinned", "unpinned"
-]
+MoveReason = Literal["rate_above_contract", "calm_and_drained", "pinned", "unpinned"]
 
 
 @dataclass(frozen=True, slots=True)
 class LanePolicy:
     promote_factor: float = 4.0
     promote_min_rate: float = 20.0  # msgs/s; below this no tenant is worth a lane of its own
-    fair_share_factor: float = 0.0  # 0: the fair-share rule is off
     calm_factor: float = 1.0
     hold_down_s: float = 120.0
     dedicated_lanes: int = 4
@@ -45,8 +41,6 @@ class LanePolicy:
         # Promotion thresholds must sit above the calm ones, or there is no hysteresis band.
         if self.calm_factor > self.promote_factor:
             raise ValueError("calm_factor must not exceed promote_factor")
-        if self.fair_share_factor and self.calm_factor > self.fair_share_factor:
-            raise ValueError("calm_factor must not exceed fair_share_factor")
         if self.hold_down_s < 0:
             raise ValueError("hold_down_s must not be negative")
         if self.dedicated_lanes < 1:
@@ -99,13 +93,10 @@ def decide(
     backlog_empty: bool,
     lane_loads: Sequence[int],
     policy: LanePolicy,
-    shared_capacity: float = 0.0,
-    active_tenants: int = 0,
 ) -> LaneMove | None:
     """The move to make now, or None.
 
-    `lane_loads` has one entry per dedicated lane. `shared_capacity` (msgs/s the shared lane
-    carries) and `active_tenants` feed the fair-share rule when the policy turns it on.
+    `lane_loads` has one entry per dedicated lane.
     Never changes `assignment.lane` (that is `LaneBook.apply`), but keeps its bookkeeping: the
     hold-down clock `calm_since`, and `pin_held` once traffic alone would keep the tenant.
     """
@@ -114,10 +105,7 @@ def decide(
         return _leave_or_enter(
             assignment, _pinned_target(assignment, lane_loads), "pinned", now, backlog_empty
         )
-    fair_share = (
-        shared_capacity / active_tenants if policy.fair_share_factor and active_tenants else None
-    )
-    hot = _promotion_reason(policy, recent_rate, contract_rate, fair_share)
+    hot = _promotion_reason(policy, recent_rate, contract_rate)
     if assignment.lane is None:
         if hot is None:
             return None
@@ -128,10 +116,7 @@ def decide(
         if hot is None:
             return _leave_or_enter(assignment, None, "unpinned", now, backlog_empty)
         assignment.pin_held = False  # still hot: from now on its traffic keeps it there
-    calm_limit = policy.calm_factor * (
-        contract_rate if fair_share is None else min(contract_rate, fair_share)
-    )
-    if rate_10s >= calm_limit:
+    if rate_10s >= policy.calm_factor * contract_rate:
         assignment.calm_since = None
         return None
     if assignment.calm_since is None:
@@ -142,15 +127,11 @@ def decide(
 
 
 def _promotion_reason(
-    policy: LanePolicy, recent_rate: float, contract_rate: float, fair_share: float | None
+    policy: LanePolicy, recent_rate: float, contract_rate: float
 ) -> MoveReason | None:
     if recent_rate <= policy.promote_min_rate:
         return None
-    if recent_rate > policy.promote_factor * contract_rate:
-        return "rate_above_contract"
-    if fair_share is not None and recent_rate > policy.fair_share_factor * fair_share:
-        return "rate_above_fair_share"
-    return None
+    return "rate_above_contract" if recent_rate > policy.promote_factor * contract_rate else None
 
 
 def _pinned_target(assignment: LaneAssignment, lane_loads: Sequence[int]) -> int | None:

@@ -20,7 +20,8 @@ A tenant's `OutputOptions` pick what its events carry (docs/consumers.md is the 
   by component; identifiers keep their assigning authority and type.
 
 Shaping runs after `processing.event_document`, only for tenants that configured it; the
-document may hold the codec's dataclasses (the hot path leaves them for orjson) or dicts.
+document may hold the contract's record dataclasses (the hot path leaves them for orjson) or
+dicts.
 """
 
 from __future__ import annotations
@@ -32,9 +33,6 @@ import hmac
 import logging
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
-
-from pydantic import SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.records import ThinEvent
 from streams.tenants import OutputOptions, TenantDirectory
@@ -52,22 +50,6 @@ SSN_IDENTIFIER_TYPE = "SS"  # HL7 table 0203: Social Security number
 
 # The keys a thin event keeps, in the contract's order; "mode" is set, not copied.
 THIN_KEYS = tuple(key for key in ThinEvent.model_fields if key != "mode")
-
-
-class MaskSettings(BaseSettings):
-    """The masking secret, read like every Laneway setting (environment or `.env`)."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="LANEWAY_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
-    )
-
-    mask_secret: SecretStr | None = None
-
-
-def load_mask_secret() -> bytes | None:
-    """`LANEWAY_MASK_SECRET` (environment or `.env`), or None when unset: hashing then drops."""
-    secret = MaskSettings().mask_secret
-    return secret.get_secret_value().encode() if secret else None
 
 
 def tenant_hash_key(secret: bytes, tenant: str) -> bytes:
@@ -182,7 +164,7 @@ def _mask_free_text(observation: Any, conceal: _Concealer) -> Any:
 
 
 def _as_dict(value: Any) -> Document:
-    """A new dict of a nested record: a dict (parsed event) or a codec dataclass (hot path)."""
+    """A new dict of a nested record: a dict (parsed event) or a record dataclass (hot path)."""
     if isinstance(value, Mapping):
         return dict(value)
     return {field.name: getattr(value, field.name) for field in dataclasses.fields(value)}

@@ -23,7 +23,7 @@ import orjson
 
 from streams.hl7 import ExtractedMessage, Hl7Error, extract, hl7_ts_to_iso, split_batch
 from streams.masking import Shaper
-from streams.records import EVENT_SCHEMA_VERSION, HEADER_INCARNATION, DlqRecord
+from streams.records import EVENT_SCHEMA_VERSION, HEADER_INCARNATION, DlqRecord, IngressRef
 from streams.settings import DEFAULT_MAX_MESSAGE_BYTES, VALUE_HEADROOM_BYTES
 from streams.topics import TopicNames, is_valid_tenant_id
 
@@ -43,26 +43,6 @@ INTERNAL_ERROR = "internal_error"  # a bug hit while processing or routing this 
 UNKNOWN_TENANT = "unknown_tenant"
 EVENT_TOO_LARGE = "event_too_large"  # the normalized event would exceed max_value_bytes
 KAFKA_REFUSED = "kafka_refused"  # Kafka refused the output as final (too large, invalid)
-
-
-class IngressRef(NamedTuple):
-    """Where one message sits in Kafka; `records.IngressRef` is its documented JSON form.
-
-    A NamedTuple, not the pydantic model, because it is built for every message.
-    """
-
-    topic: str
-    partition: int
-    offset: int
-    index: int = 0
-
-    def to_ref(self) -> str:
-        """The opaque `ref` string that the on-demand fetch accepts."""
-        return f"{self.partition}-{self.offset}-{self.index}"
-
-    def idempotency_key(self, tenant: str, control_id: str) -> str:
-        """Same for every redelivery of one ingress message, so consumers can drop duplicates."""
-        return f"{tenant}:{control_id}:{self.partition}-{self.offset}-{self.index}"
 
 
 class IngressRecord(NamedTuple):
@@ -88,7 +68,7 @@ class Origin(NamedTuple):
     """The ingress message an output stands for: what `park` needs to replace the output."""
 
     record: IngressRecord
-    index: int = 0
+    batch_index: int = 0  # the message's `IngressRef.index`
     message: bytes | None = None  # the message's bytes in a batch record; None: the whole value
 
 
@@ -187,7 +167,7 @@ def park(
     then stays within `max_value_bytes`; without a limit it is by reference."""
     record = origin.record
     tenant = tenant_of_key(record.key)
-    ref = IngressRef(record.topic, record.partition, record.offset, origin.index)
+    ref = IngressRef(record.topic, record.partition, record.offset, origin.batch_index)
     topic = topics.dlq_unrouted if tenant is None or unrouted else topics.dlq(tenant)
     original = record.value or b"" if origin.message is None else origin.message
     received_at = _iso_utc(record.timestamp_ms)
@@ -276,7 +256,6 @@ def event_document(
     dict directly costs ~8 µs per message, pydantic validation ~30 µs.
     """
     message_datetime = hl7_ts_to_iso(message.message_datetime)
-    visit = message.visit
     return {
         "schema_version": EVENT_SCHEMA_VERSION,
         "mode": "full",
@@ -295,52 +274,19 @@ def event_document(
         "message_datetime": message_datetime,
         "event_datetime": hl7_ts_to_iso(message.event_datetime) or message_datetime,
         "patient": _patient(message) if "PID" in message.segment_ids else None,
-        "visit": None
-        if visit is None
-        else {
-            "patient_class": visit.patient_class,
-            "location": visit.location,  # orjson serializes the dataclass field by field
-            "visit_number": visit.visit_number,
-            "admit_datetime": hl7_ts_to_iso(visit.admit_datetime),
-        },
-        "orders": [
-            {
-                "placer_order_number": order.placer_order_number,
-                "filler_order_number": order.filler_order_number,
-                "service_code": order.service_code,
-                "service_text": order.service_text,
-                "observation_datetime": hl7_ts_to_iso(order.observation_datetime),
-                "result_status": order.result_status,
-            }
-            for order in message.orders
-        ],
-        "observations": [
-            {
-                "set_id": obx.set_id,
-                "value_type": obx.value_type,
-                "code": obx.code,
-                "text": obx.text,
-                "coding_system": obx.coding_system,
-                "sub_id": obx.sub_id,
-                "values": list(obx.values),
-                "units": obx.units,
-                "reference_range": obx.reference_range,
-                "abnormal_flags": obx.abnormal_flags,
-                "status": obx.status,
-                "observed_at": hl7_ts_to_iso(obx.observed_at),
-            }
-            for obx in message.observations
-        ],
+        # The codec's records are the contract's (streams.records): orjson writes them as they are.
+        "visit": message.visit,
+        "orders": list(message.orders),
+        "observations": list(message.observations),
         "idempotency_key": ref.idempotency_key(tenant, message.control_id),
         "ref": ref.to_ref(),
-        "source": ref._asdict(),
+        "source": ref,
         "received_at": received_at,
     }
 
 
 def _patient(message: ExtractedMessage) -> dict[str, Any]:
     return {
-        # The codec's identifier, name and address dataclasses have the contract's field names.
         "identifiers": list(message.patient_identifiers),
         "name": message.patient_name,
         "birth_date": message.birth_date,
@@ -370,7 +316,7 @@ def _dlq(
         detail=error.detail,
         idempotency_key=key,
         ref=ref.to_ref(),
-        source=ref._asdict(),
+        source=ref,
         received_at=received_at,
         size=len(original),
         sha256=hashlib.sha256(original).hexdigest(),

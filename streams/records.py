@@ -1,18 +1,21 @@
 """Records Laneway writes: the downstream event contract and the DLQ record.
 
-The pydantic models are the contract. Downstream teams read them as JSON from
-`laneway.out.<tenant>` (an `OutputEvent`: a full `NormalizedEvent` or a `ThinEvent`, told apart
-by `mode`) and `laneway.dlq.<tenant>` (a `DlqRecord`). Their JSON Schemas are checked in under
-`docs/`; regenerate them with `python scripts/gen_schema.py` (a unit test fails on drift).
+These records are the contract, each defined once here; the HL7 codec and the processing hot
+path build the nested ones (`IngressRef`, patient, visit, order, observation parts) directly.
+Downstream teams read them as JSON from `laneway.out.<tenant>` (an `OutputEvent`: a full
+`NormalizedEvent` or a `ThinEvent`, told apart by `mode`) and `laneway.dlq.<tenant>` (a
+`DlqRecord`). Their JSON Schemas are checked in under `docs/`; regenerate them with
+`python scripts/gen_schema.py` (a unit test fails on drift).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-EVENT_SCHEMA_VERSION = 1
+EVENT_SCHEMA_VERSION: Final = 1  # Final: its type is Literal[1], as the models declare
 # On an ingress record: the incarnation (`TenantRecord.incarnation`) of the tenant it was written
 # for, ASCII. Fetch-by-ref compares it with the asking tenant's.
 HEADER_INCARNATION = "laneway-incarnation"
@@ -23,39 +26,129 @@ _JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 _MASKABLE = "Null if the tenant's masking drops it; `h:` + 32 hex characters if it hashes it."
 
 
+# One configuration for every record: frozen, no unknown keys, and serialization-mode schemas
+# that list every field as required (every key is always written).
+_CONFIG = ConfigDict(frozen=True, extra="forbid", json_schema_serialization_defaults_required=True)
+
+
 class _Record(BaseModel):
-    # Serialization-mode schemas then list every field as required: every key is always written.
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", json_schema_serialization_defaults_required=True
-    )
+    model_config = _CONFIG
 
 
-class IngressRef(_Record):
+# The records below are slotted dataclasses rather than pydantic models: the HL7 codec
+# (streams/hl7/extract.py) and the processing hot path build them for every message, which a
+# dataclass does several times faster, and orjson writes them without a conversion. Pydantic
+# validates them and derives their schema inside the models that hold them, with `_CONFIG`.
+
+
+@dataclass(frozen=True, slots=True)
+class IngressRef:
     """Where the original message sits in Kafka: the ingress record and its index in a batch."""
+
+    __pydantic_config__ = _CONFIG
 
     topic: str
     partition: int
     offset: int
-    index: int = Field(0, description="Position of the message inside a batch (FHS/BHS) record.")
+    index: Annotated[
+        int, Field(description="Position of the message inside a batch (FHS/BHS) record.")
+    ] = 0
+
+    def to_ref(self) -> str:
+        """The opaque `ref` string that the on-demand fetch accepts."""
+        return f"{self.partition}-{self.offset}-{self.index}"
+
+    def idempotency_key(self, tenant: str, control_id: str) -> str:
+        """Same for every redelivery of one ingress message, so consumers can drop duplicates."""
+        return f"{tenant}:{control_id}:{self.partition}-{self.offset}-{self.index}"
 
 
-class PatientIdentifier(_Record):
-    id_number: str = Field(description="CX.1; `h:` + 32 hex characters if masking hashes it")
-    assigning_authority: str = ""
-    identifier_type: str = ""
+@dataclass(frozen=True, slots=True)
+class PatientIdentifier:
+    __pydantic_config__ = _CONFIG
+
+    id_number: Annotated[
+        str, Field(description="CX.1; `h:` + 32 hex characters if masking hashes it")
+    ]
+    assigning_authority: str = ""  # CX.4.1
+    identifier_type: str = ""  # CX.5
 
 
-class PersonName(_Record):
-    family: str = ""
-    given: str = ""
-    middle: str = ""
+@dataclass(frozen=True, slots=True)
+class PersonName:
+    __pydantic_config__ = _CONFIG
+
+    family: str = ""  # XPN.1.1
+    given: str = ""  # XPN.2
+    middle: str = ""  # XPN.3
 
 
-class Address(_Record):
-    street: str = ""
-    city: str = ""
-    state: str = ""
-    postal_code: str = ""
+@dataclass(frozen=True, slots=True)
+class Address:
+    __pydantic_config__ = _CONFIG
+
+    street: str = ""  # XAD.1.1
+    city: str = ""  # XAD.3
+    state: str = ""  # XAD.4
+    postal_code: str = ""  # XAD.5
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    __pydantic_config__ = _CONFIG
+
+    point_of_care: str = ""  # PL.1
+    room: str = ""  # PL.2
+    bed: str = ""  # PL.3
+    facility: str = ""  # PL.4.1
+
+
+@dataclass(frozen=True, slots=True)
+class Visit:
+    __pydantic_config__ = _CONFIG
+
+    patient_class: str = ""  # PV1-2
+    location: Location = field(default_factory=Location)  # PV1-3
+    visit_number: Annotated[str | None, Field(description=_MASKABLE)] = ""  # PV1-19.1
+    admit_datetime: str | None = None  # PV1-44.1 as ISO 8601
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    __pydantic_config__ = _CONFIG
+
+    # OBR-2.1, else ORC-2.1 of the nearest preceding ORC
+    placer_order_number: Annotated[str | None, Field(description=_MASKABLE)] = ""
+    filler_order_number: Annotated[str | None, Field(description=_MASKABLE)] = ""  # OBR-3.1
+    service_code: str = ""  # OBR-4.1
+    service_text: str = ""  # OBR-4.2
+    observation_datetime: str | None = None  # OBR-7.1 as ISO 8601
+    result_status: str = ""  # OBR-25
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    __pydantic_config__ = _CONFIG
+
+    set_id: str = ""  # OBX-1
+    value_type: str = ""  # OBX-2
+    code: str = ""  # OBX-3.1
+    text: str = ""  # OBX-3.2
+    coding_system: str = ""  # OBX-3.3
+    sub_id: str = ""  # OBX-4
+    # One entry per OBX-5 repetition. Each component and subcomponent is unescaped, then they are
+    # re-joined with "^" and "&" whatever the message delimiters were, so a CE/CWE value reads
+    # "CODE^TEXT^SYSTEM". A literal "^" or "&" in the data is then indistinguishable from a
+    # separator; consumers that need the structure of coded values must not re-split blindly.
+    values: Annotated[
+        list[str] | None,
+        Field(description="OBX-5 repetitions. For free text (value type TX, FT, ST): " + _MASKABLE),
+    ] = field(default_factory=list)
+    units: str = ""  # OBX-6.1
+    reference_range: str = ""  # OBX-7
+    abnormal_flags: str = ""  # OBX-8, first repetition
+    status: str = ""  # OBX-11
+    observed_at: str | None = None  # OBX-14.1 as ISO 8601
 
 
 class Patient(_Record):
@@ -72,47 +165,6 @@ class Patient(_Record):
     address: Address | None = Field(default_factory=Address, description=_MASKABLE)
     phone: str | None = Field("", description=_MASKABLE)
     ssn: str | None = Field("", description=_MASKABLE)
-
-
-class Location(_Record):
-    point_of_care: str = ""
-    room: str = ""
-    bed: str = ""
-    facility: str = ""
-
-
-class Visit(_Record):
-    patient_class: str = ""
-    location: Location = Field(default_factory=Location)
-    visit_number: str | None = Field("", description=_MASKABLE)
-    admit_datetime: str | None = None
-
-
-class Order(_Record):
-    placer_order_number: str | None = Field("", description=_MASKABLE)
-    filler_order_number: str | None = Field("", description=_MASKABLE)
-    service_code: str = ""
-    service_text: str = ""
-    observation_datetime: str | None = None
-    result_status: str = ""
-
-
-class Observation(_Record):
-    set_id: str = ""
-    value_type: str = ""
-    code: str = ""
-    text: str = ""
-    coding_system: str = ""
-    sub_id: str = ""
-    values: list[str] | None = Field(
-        default_factory=list,
-        description="OBX-5 repetitions. For free text (value type TX, FT, ST): " + _MASKABLE,
-    )
-    units: str = ""
-    reference_range: str = ""
-    abnormal_flags: str = ""
-    status: str = ""
-    observed_at: str | None = None
 
 
 class _EventCore(_Record):

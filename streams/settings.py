@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         default=None, description="Bearer token for the admin API; the admin API is off if unset."
     )
+    mask_secret: SecretStr | None = Field(
+        default=None,
+        description="HMAC key for hash masking (streams/masking.py); unset: hash masks drop the "
+        "field.",
+    )
     web_port: int = Field(default=6066, description="Port of the worker's web server.")
     web_host: str = Field(default="127.0.0.1", description="Interface the web server binds.")
     mllp_port: int = Field(default=2575, description="Port of the MLLP listener.")
@@ -172,6 +177,11 @@ class Settings(BaseSettings):
         """The largest HTTP ingest body read: a body must be able to carry one message of the
         size contract (`max_message_bytes`), whatever `http_max_body_bytes` says."""
         return max(self.http_max_body_bytes, self.max_message_bytes)
+
+    @property
+    def mask_secret_bytes(self) -> bytes | None:
+        """`mask_secret` as the HMAC key masking uses; None when unset (hash masks then drop)."""
+        return self.mask_secret.get_secret_value().encode() if self.mask_secret else None
 
     @property
     def max_value_bytes(self) -> int:

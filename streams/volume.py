@@ -117,10 +117,6 @@ class _Ring:
         """Seconds a window of `buckets` buckets covers at `now`; at least one bucket width."""
         return max((buckets - 1) * self._width + now % self._width, self._width)
 
-    def empty(self, now: float) -> bool:
-        """Nothing was written within the ring's reach of `now`."""
-        return int(now) // self._width - self._size >= self._head
-
     def state(self) -> list[int]:
         return [self._head, *self._counts]
 
@@ -205,10 +201,6 @@ class TenantVolume:
             last_message_at=self.last_message_at,
         )
 
-    def is_idle(self, now: float) -> bool:
-        """Every window is empty (the 1-h ring reaches furthest back): the owner may drop it."""
-        return self._minutes.empty(self._settle(now))
-
     def to_state(self) -> dict[str, Any]:
         """JSON-able: the minute buckets (5-min and 1-h windows), totals and the last message.
 
@@ -266,10 +258,7 @@ _IDLE = TenantVolume().rates(0.0)
 
 
 class VolumeBook:
-    """tenant id -> TenantVolume, created on first traffic: a tenant that never sent costs nothing.
-
-    Dropping an idle volume (`drop_idle`) also resets its totals since start.
-    """
+    """tenant id -> TenantVolume, made on first traffic: a tenant that never sent costs nothing."""
 
     __slots__ = ("_volumes",)
 
@@ -308,13 +297,6 @@ class VolumeBook:
     def forget(self, tenant: str) -> None:
         """Stop measuring a tenant (another router owns it now)."""
         self._volumes.pop(tenant, None)
-
-    def drop_idle(self, now: float) -> list[str]:
-        """Forget the tenants whose windows are all empty; returns their ids."""
-        idle = [tenant for tenant, volume in self._volumes.items() if volume.is_idle(now)]
-        for tenant in idle:
-            del self._volumes[tenant]
-        return idle
 
     def __len__(self) -> int:
         return len(self._volumes)

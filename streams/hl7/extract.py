@@ -2,7 +2,11 @@
 
 Positions follow HL7 numbering. A scalar "X-n.c" is: first repetition of field n, component c,
 first subcomponent, fully unescaped (see `er7.unescape`: formatting escapes such as \\.br\\ or
-\\H\\ stay literal text). Absent scalars are "", absent lists are ().
+\\H\\ stay literal text). Absent scalars are "", absent lists are () ([] for OBX-5 values).
+
+The patient, visit, order and observation parts are the event contract's records
+(`streams.records`), so their timestamps are already ISO 8601 (`hl7_ts_to_iso`: None when
+empty or invalid); the header's stay raw HL7 TS.
 """
 
 from __future__ import annotations
@@ -16,79 +20,20 @@ from streams.hl7.er7 import Delimiters, Hl7Error, split_segments
 # SUPPORTED_VERSIONS moved to header.py; the redundant alias keeps it importable from here.
 from streams.hl7.header import SUPPORTED_VERSIONS as SUPPORTED_VERSIONS
 from streams.hl7.header import FieldReader, read_msh, required_fields
+from streams.records import (
+    Address,
+    Location,
+    Observation,
+    Order,
+    PatientIdentifier,
+    PersonName,
+    Visit,
+)
 
 _SEGMENT_ID = re.compile(r"[A-Z][A-Z0-9]{2}")
 # A second header inside one message means the caller skipped `split_batch`: reject it rather
 # than silently dropping the messages after the first.
 _HEADER_SEGMENT_IDS = frozenset(("MSH", "FHS", "BHS", "BTS", "FTS"))
-
-
-@dataclass(slots=True, frozen=True)
-class PatientIdentifier:
-    id_number: str  # CX.1
-    assigning_authority: str  # CX.4.1
-    identifier_type: str  # CX.5
-
-
-@dataclass(slots=True, frozen=True)
-class PersonName:
-    family: str = ""  # XPN.1.1
-    given: str = ""  # XPN.2
-    middle: str = ""  # XPN.3
-
-
-@dataclass(slots=True, frozen=True)
-class Address:
-    street: str = ""  # XAD.1.1
-    city: str = ""  # XAD.3
-    state: str = ""  # XAD.4
-    postal_code: str = ""  # XAD.5
-
-
-@dataclass(slots=True, frozen=True)
-class Location:
-    point_of_care: str = ""  # PL.1
-    room: str = ""  # PL.2
-    bed: str = ""  # PL.3
-    facility: str = ""  # PL.4.1
-
-
-@dataclass(slots=True, frozen=True)
-class Visit:
-    patient_class: str  # PV1-2
-    location: Location  # PV1-3
-    visit_number: str  # PV1-19.1
-    admit_datetime: str  # PV1-44.1, raw HL7 TS
-
-
-@dataclass(slots=True, frozen=True)
-class Order:
-    placer_order_number: str  # OBR-2.1, else ORC-2.1 of the nearest preceding ORC
-    filler_order_number: str  # OBR-3.1
-    service_code: str  # OBR-4.1
-    service_text: str  # OBR-4.2
-    observation_datetime: str  # OBR-7.1, raw HL7 TS
-    result_status: str  # OBR-25
-
-
-@dataclass(slots=True, frozen=True)
-class Observation:
-    set_id: str  # OBX-1
-    value_type: str  # OBX-2
-    code: str  # OBX-3.1
-    text: str  # OBX-3.2
-    coding_system: str  # OBX-3.3
-    sub_id: str  # OBX-4
-    # One entry per OBX-5 repetition. Each component and subcomponent is unescaped, then they are
-    # re-joined with "^" and "&" whatever the message delimiters were, so a CE/CWE value reads
-    # "CODE^TEXT^SYSTEM". A literal "^" or "&" in the data is then indistinguishable from a
-    # separator; consumers that need the structure of coded values must not re-split blindly.
-    values: tuple[str, ...]
-    units: str  # OBX-6.1
-    reference_range: str  # OBX-7
-    abnormal_flags: str  # OBX-8, first repetition
-    status: str  # OBX-11
-    observed_at: str  # OBX-14.1, raw HL7 TS
 
 
 @dataclass(slots=True, frozen=True)
@@ -236,7 +181,7 @@ def _visit(reader: FieldReader, pv1: list[str]) -> Visit:
         patient_class=scalar(pv1, 2),
         location=Location(point_of_care, room, bed, facility),
         visit_number=scalar(pv1, 19),
-        admit_datetime=scalar(pv1, 44),
+        admit_datetime=hl7_ts_to_iso(scalar(pv1, 44)),
     )
 
 
@@ -248,7 +193,7 @@ def _order(reader: FieldReader, obr: list[str], placer_from_orc: str) -> Order:
         filler_order_number=scalar(obr, 3),
         service_code=service_code,
         service_text=service_text,
-        observation_datetime=scalar(obr, 7),
+        observation_datetime=hl7_ts_to_iso(scalar(obr, 7)),
         result_status=scalar(obr, 25),
     )
 
@@ -263,12 +208,12 @@ def _observation(reader: FieldReader, obx: list[str]) -> Observation:
         text=text,
         coding_system=coding_system,
         sub_id=scalar(obx, 4),
-        values=tuple([reader.joined_value(value) for value in reader.repetitions(obx, 5)]),
+        values=[reader.joined_value(value) for value in reader.repetitions(obx, 5)],
         units=scalar(obx, 6),
         reference_range=scalar(obx, 7),
         abnormal_flags=scalar(obx, 8),
         status=scalar(obx, 11),
-        observed_at=scalar(obx, 14),
+        observed_at=hl7_ts_to_iso(scalar(obx, 14)),
     )
 
 

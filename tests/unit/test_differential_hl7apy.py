@@ -34,19 +34,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams.hl7 import (
-    Address,
     Delimiters,
     ExtractedMessage,
+    escape,
+    extract,
+    hl7_ts_to_iso,
+)
+from streams.hl7.synthetic import VERSIONS, SyntheticFeed
+from streams.records import (
+    Address,
     Location,
     Observation,
     Order,
     PatientIdentifier,
     PersonName,
     Visit,
-    escape,
-    extract,
 )
-from streams.hl7.synthetic import VERSIONS, SyntheticFeed
 
 _NUMBERED_NAME = re.compile(r".+_(\d+)")
 # Versions hl7apy cannot load, mapped to the closest one it can.
@@ -199,7 +202,7 @@ def oracle_extract(raw: bytes) -> ExtractedMessage:
                 value(pv1, 3, 1), value(pv1, 3, 2), value(pv1, 3, 3), value(pv1, 3, 4)
             ),
             visit_number=value(pv1, 19),
-            admit_datetime=value(pv1, 44),
+            admit_datetime=hl7_ts_to_iso(value(pv1, 44)),
         ),
         orders=tuple(_orders(oracle)),
         observations=tuple(
@@ -210,12 +213,12 @@ def oracle_extract(raw: bytes) -> ExtractedMessage:
                 text=value(obx, 3, 2),
                 coding_system=value(obx, 3, 3),
                 sub_id=value(obx, 4),
-                values=tuple(oracle.joined(field) for field in oracle.repetitions(obx, 5)),
+                values=[oracle.joined(field) for field in oracle.repetitions(obx, 5)],
                 units=value(obx, 6),
                 reference_range=value(obx, 7),
                 abnormal_flags=value(obx, 8),
                 status=value(obx, 11),
-                observed_at=value(obx, 14),
+                observed_at=hl7_ts_to_iso(value(obx, 14)),
             )
             for obx in oracle.segments("OBX")
         ),
@@ -242,7 +245,7 @@ def _orders(oracle: _Hl7apyOracle) -> Iterator[Order]:
                 filler_order_number=oracle.value(segment, 3),
                 service_code=oracle.value(segment, 4, 1),
                 service_text=oracle.value(segment, 4, 2),
-                observation_datetime=oracle.value(segment, 7),
+                observation_datetime=hl7_ts_to_iso(oracle.value(segment, 7)),
                 result_status=oracle.value(segment, 25),
             )
 
@@ -300,4 +303,4 @@ def test_fast_path_matches_hl7apy_on_arbitrary_escaped_text(
 
     assert extracted == oracle_extract(raw)
     assert extracted.patient_name.family == family
-    assert extracted.observations[0].values == (observation, "SECOND")
+    assert extracted.observations[0].values == [observation, "SECOND"]

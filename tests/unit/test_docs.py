@@ -8,15 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from streams.masking import MaskSettings
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 DOCUMENTS = [README, ROOT / "docker-compose.yml", *sorted((ROOT / "docs").glob("*.md"))]
-SETTINGS = {
-    f"LANEWAY_{field.upper()}" for field in [*Settings.model_fields, *MaskSettings.model_fields]
-}
+SETTINGS = {f"LANEWAY_{field.upper()}" for field in Settings.model_fields}
 
 
 @pytest.mark.parametrize("field", sorted(Settings.model_fields))

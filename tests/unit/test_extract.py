@@ -9,16 +9,9 @@ import pytest
 
 from streams.hl7 import (
     SUPPORTED_VERSIONS,
-    Address,
     Delimiters,
     ExtractedMessage,
     Hl7Error,
-    Location,
-    Observation,
-    Order,
-    PatientIdentifier,
-    PersonName,
-    Visit,
     extract,
     hl7_ts_to_iso,
     split_batch,
@@ -32,6 +25,15 @@ from streams.hl7.synthetic import (
     malformed,
     mixed_corpus,
     oru,
+)
+from streams.records import (
+    Address,
+    Location,
+    Observation,
+    Order,
+    PatientIdentifier,
+    PersonName,
+    Visit,
 )
 
 
@@ -130,7 +132,7 @@ def test_extract_reads_every_adt_field() -> None:
             patient_class="I",
             location=Location(point_of_care="ICU", room="101", bed="A", facility="SIMHOSP"),
             visit_number="VN0001",
-            admit_datetime="20240115080000",
+            admit_datetime="2024-01-15T08:00:00",
         ),
         orders=(),
         observations=(),
@@ -146,7 +148,7 @@ def test_extract_reads_orders_and_observations() -> None:
             filler_order_number="FIL-1",
             service_code="BMP",
             service_text="BASIC PANEL",
-            observation_datetime="20240115084500",
+            observation_datetime="2024-01-15T08:45:00",
             result_status="F",
         ),
         Order(
@@ -154,7 +156,7 @@ def test_extract_reads_orders_and_observations() -> None:
             filler_order_number="FIL-2",
             service_code="CBC",
             service_text="BLOOD COUNT",
-            observation_datetime="",
+            observation_datetime=None,
             result_status="",
         ),
     )
@@ -165,18 +167,18 @@ def test_extract_reads_orders_and_observations() -> None:
         text="GLUCOSE",
         coding_system="LN",
         sub_id="",
-        values=("98.5",),
+        values=["98.5"],
         units="mg/dL",
         reference_range="70-110",
         abnormal_flags="N",
         status="F",
-        observed_at="20240115085000",
+        observed_at="2024-01-15T08:50:00",
     )
     assert message.observations[1].sub_id == "1"
-    assert message.observations[1].values == ("POS^POSITIVE^L", "NEG&X^^L")
+    assert message.observations[1].values == ["POS^POSITIVE^L", "NEG&X^^L"]
     assert message.observations[1].status == "P"
     # Formatting escapes stay literal; delimiter escapes are decoded; empty repetitions stay.
-    assert message.observations[2].values == ("LINE|ONE", "LINE\\.br\\TWO", "")
+    assert message.observations[2].values == ["LINE|ONE", "LINE\\.br\\TWO", ""]
     assert message.visit is None
     assert message.event_datetime == ""
 
@@ -205,7 +207,7 @@ def test_extract_tolerates_empty_trailing_fields_and_separators() -> None:
     assert message.patient_identifiers == (PatientIdentifier("MRN3", "", ""),)
     assert message.patient_name == PersonName(family="TESTPATIENT")
     assert message.visit == Visit(
-        patient_class="O", location=Location(), visit_number="", admit_datetime=""
+        patient_class="O", location=Location(), visit_number="", admit_datetime=None
     )
     assert message.character_set == message.accept_ack_type == ""
 

@@ -72,47 +72,6 @@ def test_never_promotes_below_the_minimum_rate() -> None:
     assert step(book, "t", Sample(T0, 20.5), contract=1.0) is not None
 
 
-def test_fair_share_rule_promotes_a_tenant_within_its_contract() -> None:
-    policy = LanePolicy(fair_share_factor=2.0)
-    assignment = LaneAssignment("t")
-    common = dict(
-        rate_10s=0.0,
-        contract_rate=100.0,
-        now=T0,
-        backlog_empty=True,
-        lane_loads=[0, 0],
-        policy=policy,
-        shared_capacity=1000.0,
-    )
-    # Fair share is 1000 / 10 = 100/s: 250/s is within 4 x contract but above 2 x fair share.
-    move = decide(assignment, recent_rate=250.0, active_tenants=10, **common)
-    assert move is not None and move.reason == "rate_above_fair_share"
-    assert decide(assignment, recent_rate=150.0, active_tenants=10, **common) is None
-    assert decide(assignment, recent_rate=250.0, active_tenants=2, **common) is None  # 500/s
-    off = {**common, "policy": POLICY}
-    assert decide(assignment, recent_rate=250.0, active_tenants=10, **off) is None
-
-
-def test_a_fair_share_promotion_is_not_calm_while_above_the_fair_share() -> None:
-    policy = LanePolicy(fair_share_factor=2.0, hold_down_s=10)
-    assignment = LaneAssignment("t", lane=0, moved_at=T0)
-    common = dict(
-        recent_rate=150.0,
-        contract_rate=200.0,
-        backlog_empty=True,
-        lane_loads=[1, 0],
-        policy=policy,
-        shared_capacity=1000.0,
-        active_tenants=10,
-    )
-    for k in range(40):  # below its contract, above its fair share (100/s): stays
-        assert decide(assignment, rate_10s=150.0, now=T0 + k, **common) is None
-    # Below both for the hold-down of 10 s: back to the shared lane.
-    assert decide(assignment, rate_10s=90.0, now=T0 + 40, **common) is None
-    move = decide(assignment, rate_10s=90.0, now=T0 + 50, **common)
-    assert move is not None and move.reason == "calm_and_drained"
-
-
 # ---------------------------------------------------------------- demotion
 
 
@@ -352,7 +311,6 @@ def test_the_book_restores_persisted_lanes() -> None:
     "kwargs",
     [
         {"calm_factor": 5.0},
-        {"fair_share_factor": 0.5},
         {"hold_down_s": -1.0},
         {"dedicated_lanes": 0},
     ],

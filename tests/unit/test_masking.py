@@ -13,7 +13,6 @@ from typing import Any, get_args
 import orjson
 import pytest
 
-from streams import masking
 from streams.hl7 import extract
 from streams.hl7.synthetic import mixed_corpus
 from streams.masking import (
@@ -25,8 +24,9 @@ from streams.masking import (
     tenant_hash_key,
     thin_event,
 )
-from streams.processing import IngressRecord, IngressRef, event_document, process_ingress_record
-from streams.records import OUTPUT_EVENT, DlqRecord, NormalizedEvent, ThinEvent
+from streams.processing import IngressRecord, event_document, process_ingress_record
+from streams.records import OUTPUT_EVENT, DlqRecord, IngressRef, NormalizedEvent, ThinEvent
+from streams.settings import Settings
 from streams.tenants import (
     MaskedField,
     OutputOptions,
@@ -301,10 +301,10 @@ def test_hash_without_a_secret_drops_and_warns(caplog: pytest.LogCaptureFixture)
 
 def test_mask_secret_is_read_from_the_laneway_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LANEWAY_MASK_SECRET", "from-env")
-    assert masking.load_mask_secret() == b"from-env"
+    assert Settings().mask_secret_bytes == b"from-env"
     monkeypatch.delenv("LANEWAY_MASK_SECRET")
     monkeypatch.chdir("/")  # no .env there
-    assert masking.load_mask_secret() is None
+    assert Settings().mask_secret_bytes is None
 
 
 def directory_with(tenant: str, output: OutputOptions) -> TenantDirectory:

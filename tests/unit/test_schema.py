@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,9 @@ import pytest
 
 from streams.records import json_schemas
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs"
+RECORDS = ROOT / "streams" / "records.py"
 REGENERATE = "the models changed: run `python scripts/gen_schema.py` and commit docs/*-schema.json"
 
 
@@ -54,3 +57,24 @@ def test_dlq_record_requires_the_public_minimum_fields() -> None:
     dlq = json_schemas()["dlq-schema.json"]
 
     assert {"tenant", "control_id", "reason", "ref"} <= set(dlq["required"])
+
+
+def class_names(path: Path) -> set[str]:
+    return {
+        node.name
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.ClassDef)
+    }
+
+
+def test_each_record_class_is_defined_once() -> None:
+    """The contract's records live in streams/records.py only; everyone else imports them."""
+    records = class_names(RECORDS) - {"_Record"}
+    elsewhere = {
+        f"{path.relative_to(ROOT)}: {name}"
+        for folder in ("streams", "agents")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        if path != RECORDS
+        for name in class_names(path) & records
+    }
+    assert not elsewhere, "records defined twice"

@@ -144,17 +144,6 @@ def test_a_clock_step_back_counts_as_the_newest_second() -> None:
     assert volume.recent_rate(T0 + 1.0, seconds=1) == 2.0  # read "now" counts as T0 + 5
 
 
-def test_idle_only_once_the_hour_window_is_empty() -> None:
-    volume = TenantVolume()
-    assert volume.is_idle(T0)
-    volume.record(T0 + 30)
-    assert not volume.is_idle(T0 + 30)
-    assert not volume.is_idle(T0 + 59 * 60)  # still inside the 1-h window
-    assert volume.is_idle(T0 + 60 * 60)
-    volume.record_dlq(T0 + 2 * 3600)
-    assert not volume.is_idle(T0 + 2 * 3600 + 1)  # DLQ records count too
-
-
 def test_state_survives_json_and_restores_the_minute_windows() -> None:
     volume = TenantVolume()
     end = steady(volume, T0, 900, 5, nbytes=40)
@@ -197,8 +186,8 @@ def test_restoring_an_old_state_keeps_totals_but_no_windows() -> None:
     volume = TenantVolume()
     steady(volume, T0, 60, 1, nbytes=1)
     restored = TenantVolume.from_state(volume.to_state(), T0 + 2 * 3600)
-    assert restored.is_idle(T0 + 2 * 3600)
-    assert restored.rates(T0 + 2 * 3600).received == 60
+    rates = restored.rates(T0 + 2 * 3600)
+    assert (rates.rate_1h, rates.bytes_1h, rates.dlq_1h, rates.received) == (0, 0, 0, 60)
 
 
 def test_book_creates_volumes_only_on_traffic() -> None:
@@ -213,15 +202,6 @@ def test_book_creates_volumes_only_on_traffic() -> None:
     assert len(book) == 2
     assert book.snapshot("busy", T0 + 0.5).bytes_10s == 300
     assert book.snapshot("broken", T0 + 0.5).dlq_10s == 1
-
-
-def test_book_drops_idle_volumes_only() -> None:
-    book = VolumeBook()
-    book.record("old", T0, 1)
-    book.record("recent", T0 + 3000, 1)
-    assert book.drop_idle(T0 + 3700) == ["old"]
-    assert len(book) == 1
-    assert book.snapshot("recent", T0 + 3700).bytes_1h == 1
 
 
 def test_book_restore_never_overwrites_live_counts() -> None:
