@@ -54,9 +54,11 @@ test: kafka-up $(CHROMIUM) ## Set up everything, start Kafka and run the whole t
 test-unit: $(STAMP) ## Fast unit tests only (no broker)
 	@$(PY) -m pytest tests/unit
 
-lint: $(STAMP) ## ruff check + format check
+lint: $(STAMP) ## ruff check + format check + mypy (strict on streams/)
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
+	@$(VENV)/bin/mypy --strict streams
+	@$(VENV)/bin/mypy agents
 
 format: $(STAMP) ## Apply ruff fixes and formatting
 	@$(VENV)/bin/ruff check --fix .

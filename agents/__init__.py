@@ -38,13 +38,13 @@ def build_worker(settings: Settings | None = None, **faust_overrides: Any) -> La
     writer = IngressWriter(app, broker, registry)
     # Started in this order, after Faust's own services; each waits for what it reads.
     for service in (registry, state, router, writer):
-        app.service(service)  # type: ignore[arg-type]
+        app.add_service(service)
     admin_token = settings.admin_token.get_secret_value() if settings.admin_token else None
     guard = Guard(registry, admin_token)
     ingest = Ingest(registry, writer)
     # Registered after the services above, so it opens once they have started.
     mllp = MllpListener(app, registry, ingest)
-    app.service(mllp)  # type: ignore[arg-type]
+    app.add_service(mllp)
     processor.install(
         app, registry, processor.shared_lane(app), "laneway.shared", on_dlq=router.count_dlq
     )
@@ -69,7 +69,7 @@ def build_lane_worker(settings: Settings | None = None, **faust_overrides: Any) 
     broker_watch.install(app)
     # Tenant configs for the per-tenant output options (thin, masks) of the lane's events.
     registry = TenantRegistry(app)
-    app.service(registry)  # type: ignore[arg-type]
+    app.add_service(registry)
     processor.install(
         app,
         registry,

@@ -77,8 +77,8 @@ class TenantTopics(Service):
     Its admin client starts on first use: onboardings and purges are rare next to the stream.
     """
 
-    def __init__(self, app: LanewayApp, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+    def __init__(self, app: LanewayApp, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.app = app
         self._client: AIOKafkaAdminClient | None = None
         self._starting = asyncio.Lock()
@@ -92,7 +92,7 @@ class TenantTopics(Service):
         names = self.names(tenant_id)
         # Faust skips creating a topic its producer's cached metadata lists, and a purge (on any
         # worker) may have deleted these names since that cache was filled: refresh it then.
-        client = self.app.producer._ensure_producer().client
+        client = self.app.producer._ensure_producer().client  # type: ignore[attr-defined]  # not on ProducerT
         if any(client.cluster.partitions_for_topic(name) is not None for name in names):
             await client.force_metadata_update()
         await self.app.declare(*names)
@@ -152,7 +152,7 @@ def _retired_error(retired: RetiredTenant, status: int, code: str, message: str)
 def install(app: LanewayApp, registry: TenantRegistry, guard: Guard) -> None:
     """Register the admin views on `app`."""
     tenant_topics = TenantTopics(app)
-    app.service(tenant_topics)  # type: ignore[arg-type]
+    app.add_service(tenant_topics)
 
     def existing(tenant_id: str) -> TenantRecord:
         record = registry.directory.get(tenant_id)

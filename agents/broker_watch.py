@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 from aiokafka.client import AIOKafkaClient
 from mode import Service
@@ -83,8 +84,8 @@ async def wait_for_broker(app: LanewayApp) -> None:
 class BrokerWatch(Service):
     """Is the cluster reachable, and how many brokers does its metadata list."""
 
-    def __init__(self, app: LanewayApp, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+    def __init__(self, app: LanewayApp, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.app = app
         self.link = BrokerLink()
         self.brokers = 0
@@ -136,5 +137,5 @@ def install(app: LanewayApp) -> BrokerWatch:
     """Gate the app's start on the broker and watch it from then on."""
     app.startup_gate = lambda: wait_for_broker(app)
     watch = BrokerWatch(app)
-    app.service(watch)  # type: ignore[arg-type]
+    app.add_service(watch)
     return watch

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import click
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -29,7 +29,7 @@ def _tenant_option(value: str) -> str:
 async def send_hl7(self: AppCommand, tenant: str, files: tuple[str, ...], **_: Any) -> None:
     """Write HL7 files to the ingress topic for TENANT (onboarded: records of unknown tenants
     are parked in the unrouted DLQ), one ingress record per file."""
-    app: LanewayApp = self.app  # type: ignore[assignment]
+    app = cast(LanewayApp, self.app)
     producer = await app.maybe_start_producer()
     await app.declare_ingress()
     for file in files:
@@ -55,7 +55,7 @@ async def demo_traffic(
     self: AppCommand, tenants: int, rate: float, seconds: float, bad_every: int, **_: Any
 ) -> None:
     """Send synthetic HL7 traffic from demo tenants and print what arrives downstream."""
-    app: LanewayApp = self.app  # type: ignore[assignment]
+    app = cast(LanewayApp, self.app)
     await demo.run(
         app, tenants=tenants, rate=rate, seconds=seconds, bad_every=bad_every, say=self.say
     )
@@ -75,7 +75,7 @@ async def consume(
     Reading starts at the end of the topic (only new records), or at the oldest retained record
     with --from-beginning. Without --follow it stops at the end offsets seen at start.
     """
-    app: LanewayApp = self.app  # type: ignore[assignment]
+    app = cast(LanewayApp, self.app)
     topic = app.topic_names.dlq(tenant) if dlq else app.topic_names.out(tenant)
     await _print_records(
         app.laneway.bootstrap_servers,

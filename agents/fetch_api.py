@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import Any
 
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -55,8 +56,8 @@ class IngressReader(Service):
     fetches are rare next to the stream.
     """
 
-    def __init__(self, app: LanewayApp, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+    def __init__(self, app: LanewayApp, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.app = app
         self.topic = app.topic_names.ingress
         self._consumer: AIOKafkaConsumer | None = None
@@ -173,7 +174,7 @@ async def original_by_ref(registry: TenantRegistry, tenant_id: str, ref: str) ->
 def install(app: LanewayApp, registry: TenantRegistry, guard: Guard) -> None:
     """Register the fetch view and its ingress reader on `app`."""
     reader = IngressReader(app)
-    app.service(reader)  # type: ignore[arg-type]
+    app.add_service(reader)
 
     @app.page("/api/tenants/{tenant_id}/messages/{ref}")
     class MessageByRef(View):

@@ -21,7 +21,7 @@ import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from aiokafka.structs import RecordMetadata
 from mode import Service
@@ -126,9 +126,9 @@ class IngressWriter(Service):
     """
 
     def __init__(
-        self, app: LanewayApp, broker: BrokerWatch, registry: TenantRegistry, **kwargs: object
+        self, app: LanewayApp, broker: BrokerWatch, registry: TenantRegistry, **kwargs: Any
     ) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+        super().__init__(**kwargs)
         self.app = app
         self.broker = broker
         self.registry = registry
@@ -208,8 +208,7 @@ class _Checked:
 
     raw: bytes
     header: MessageHeader | PartialHeader
-    error: AckError | None = None
-    reason: str | None = None
+    refusal: tuple[AckError, str] | None = None  # the error and its reason code
 
 
 class Ingest:
@@ -272,7 +271,7 @@ class Ingest:
         [tenant_id] = tenant_ids
         if tenant_id is None:
             return [
-                _refused(m.header, None, m.error or UNKNOWN_SENDER, m.reason or "unknown_sender")
+                _refused(m.header, None, *(m.refusal or (UNKNOWN_SENDER, "unknown_sender")))
                 for m in messages
             ]
         tenant = self.registry.directory.get(tenant_id)
@@ -280,8 +279,8 @@ class Ingest:
         if refusal is not None:
             # Before the rate ceiling: a sender that cannot prove itself spends none of it.
             log.warning("MLLP frame for tenant %s from %s refused: %s", tenant_id, peer, refusal)
-            error = CLIENT_CERT_ERRORS[refusal]
-            return [_refused(m.header, tenant_id, error, refusal) for m in messages]
+            cert_error = CLIENT_CERT_ERRORS[refusal]
+            return [_refused(m.header, tenant_id, cert_error, refusal) for m in messages]
         if tenant is not None and not tenant.paused:
             # Over the ceiling, MLLP slows the sender: its ACKs (and next frame) wait.
             hold = _admit(self._ceiling(tenant), time.monotonic(), len(messages))
@@ -311,11 +310,11 @@ class Ingest:
         if len(raw) > self.max_message_bytes:
             # The MSH is at the start: reading the head is enough to answer.
             header = read_header_lenient(raw[:OVERSIZE_HEAD_BYTES])
-            return _Checked(raw, header, self._too_large, "message_too_large")
+            return _Checked(raw, header, (self._too_large, "message_too_large"))
         try:
             return _Checked(raw, read_header(raw))
         except Hl7Error as error:
-            return _Checked(raw, read_header_lenient(raw), error_for(error), error.code)
+            return _Checked(raw, read_header_lenient(raw), (error_for(error), error.code))
 
     def _claimed_by(
         self, header: MessageHeader | PartialHeader, address: PeerAddress
@@ -333,8 +332,8 @@ class Ingest:
             if results and not results[-1].accepted:
                 error, reason = AN_EARLIER_MESSAGE_WAS_REFUSED, "an_earlier_message_was_refused"
                 results.append(_refused(message.header, tenant_id, error, reason))
-            elif message.error is not None:
-                results.append(_refused(message.header, tenant_id, message.error, message.reason))
+            elif message.refusal is not None:
+                results.append(_refused(message.header, tenant_id, *message.refusal))
             else:
                 assert isinstance(message.header, MessageHeader)  # no error: a full header
                 results.append(await self._write(message.header, tenant_id, message.raw, ceiling))

@@ -142,8 +142,8 @@ class LanewayCollector(Collector):
         )
         if offsets.shared_backlog is not None:
             backlog.add_metric(["shared"], offsets.shared_backlog)
-        for lane, lag in sorted(offsets.lane_backlog.items()):
-            backlog.add_metric([str(lane)], lag)
+        for lane_index, lag in sorted(offsets.lane_backlog.items()):
+            backlog.add_metric([str(lane_index)], lag)
         yield backlog
 
     def _mllp_metrics(self) -> Iterator[Metric]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from mode import Service
@@ -34,8 +35,8 @@ class MirrorUnavailable(RuntimeError):
 class CompactedTopicMirror(Service):
     """Subclasses apply each record in `apply`; `ready` is set once the topic is read to its end."""
 
-    def __init__(self, app: LanewayApp, topic: str, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+    def __init__(self, app: LanewayApp, topic: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.app = app
         self.topic = topic
         self.ready = asyncio.Event()

@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from ipaddress import ip_address
 from ssl import SSLContext
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from mode import Service
 
@@ -137,9 +137,9 @@ class MllpListener(Service):
     so a worker fails at start, before it connects to anything."""
 
     def __init__(
-        self, app: LanewayApp, registry: TenantRegistry, ingest: Ingest, **kwargs: object
+        self, app: LanewayApp, registry: TenantRegistry, ingest: Ingest, **kwargs: Any
     ) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+        super().__init__(**kwargs)
         self.app = app
         self.registry = registry
         self.ingest = ingest

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
 
 from faust.types import EventT, TopicT
 
@@ -81,7 +81,7 @@ def install(
     @app.agent(lanes, name=name)
     async def process(stream: AsyncIterable[bytes]) -> None:
         await registry.ready.wait()  # tenants' output options first: never emit unmasked
-        async for events in stream.take_events(  # type: ignore[attr-defined]
+        async for events in stream.take_events(  # type: ignore[attr-defined]  # not on StreamT
             settings.batch_max, within=settings.batch_within_s
         ):
             if pace is not None:
@@ -105,7 +105,9 @@ def install(
 def _ingress_record(event: EventT) -> IngressRecord:
     """The ingress record a lane event stands for (itself, without an origin header)."""
     message = event.message
-    headers = message.headers or []
+    # aiokafka delivers headers as (name, value) pairs; Faust's type also allows a mapping.
+    raw_headers = message.headers or []
+    headers = raw_headers.items() if isinstance(raw_headers, Mapping) else raw_headers
     origin = lane_record_origin(message.key, message.value, headers)
     return origin or IngressRecord(
         key=message.key,

@@ -79,7 +79,7 @@ class OutputPublisher:
             max_batch_size=min(_MAX_BATCH_BYTES, app.laneway.max_record_bytes),
         )
         self._start_lock = asyncio.Lock()
-        app.on_before_shutdown.connect(self._on_shutdown)
+        app.on_before_shutdown.connect(self._on_shutdown)  # type: ignore[arg-type]  # mode's receiver type is narrower than what it calls
 
     def declared(self, *topics: str) -> None:
         """Topics someone else created already: no need to declare them again."""
@@ -111,12 +111,12 @@ class OutputPublisher:
                 continue
             written.update(delivered)
             pending, one_per_batch, stuck = [], False, False
-            for records, error in refused:
+            for records, refusal in refused:
                 if len(records) > 1:  # which of them? Resend them one per batch to find out
                     pending.extend(records)
                     one_per_batch = True
                     continue
-                replacement = self._parked(records[0], error)
+                replacement = self._parked(records[0], refusal)
                 stuck = stuck or replacement is None
                 pending.append(replacement or records[0])
             if stuck:

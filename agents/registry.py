@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from agents.mirror import CompactedTopicMirror
 from streams.app import LanewayApp
 from streams.tenants import RetiredTenant, TenantDirectory, TenantRecord, stored_from_json
@@ -10,7 +12,7 @@ from streams.tenants import RetiredTenant, TenantDirectory, TenantRecord, stored
 class TenantRegistry(CompactedTopicMirror):
     """Every tenant's config, as a `TenantDirectory` for routing and authorisation."""
 
-    def __init__(self, app: LanewayApp, **kwargs: object) -> None:
+    def __init__(self, app: LanewayApp, **kwargs: Any) -> None:
         super().__init__(app, app.topic_names.tenants, **kwargs)
         self.directory = TenantDirectory()
 

@@ -97,9 +97,9 @@ class KafkaProbe(Service):
     that requests and metric scrapes never wait for Kafka and cost it nothing extra."""
 
     def __init__(
-        self, app: LanewayApp, registry: TenantRegistry, broker: BrokerWatch, **kwargs: object
+        self, app: LanewayApp, registry: TenantRegistry, broker: BrokerWatch, **kwargs: Any
     ) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+        super().__init__(**kwargs)
         self.app = app
         self.registry = registry
         self.broker = broker
@@ -406,9 +406,9 @@ class StatsBook(Service):
         registry: TenantRegistry,
         tenant_states: TenantStateMirror,
         broker: BrokerWatch,
-        **kwargs: object,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+        super().__init__(**kwargs)
         self.app = app
         self.registry = registry
         self.tenant_states = tenant_states
@@ -446,6 +446,11 @@ class StatsBook(Service):
 
 # ---------------------------------------------------------------- queries
 
+
+def _rate_of(key: str) -> Callable[[TenantStats], Any]:
+    return lambda row: row.rates[key]
+
+
 SORT_KEYS: dict[str, Callable[[TenantStats], Any]] = {
     "tenant": lambda row: row.tenant,
     "name": lambda row: row.name.casefold(),
@@ -456,7 +461,7 @@ SORT_KEYS: dict[str, Callable[[TenantStats], Any]] = {
     "backlog": lambda row: _number(row.backlog),
     "lane": lambda row: _number(row.lane),
     "last_message_at": lambda row: row.last_message_at or 0.0,
-    **{key: (lambda row, key=key: row.rates[key]) for key in RATE_KEYS},
+    **{key: _rate_of(key) for key in RATE_KEYS},
 }
 ASCENDING_BY_DEFAULT = {"tenant", "name", "lane"}
 MAX_LIMIT = 100_000
@@ -593,7 +598,7 @@ def install(
 ) -> StatsBook:
     """Register the stats views on `app`; the returned book also feeds the dashboard and metrics."""
     book = StatsBook(app, registry, tenant_states, broker)
-    app.service(book)  # type: ignore[arg-type]
+    app.add_service(book)
 
     @app.page("/api/tenants/{tenant_id}/stats")
     class TenantStatsView(View):

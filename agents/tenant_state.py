@@ -18,7 +18,7 @@ from streams.app import LanewayApp
 class TenantStateMirror(CompactedTopicMirror):
     """tenant id -> its latest state document (see `Router.state_document`)."""
 
-    def __init__(self, app: LanewayApp, **kwargs: object) -> None:
+    def __init__(self, app: LanewayApp, **kwargs: Any) -> None:
         super().__init__(app, app.topic_names.tenant_state, **kwargs)
         self.states: dict[str, dict[str, Any]] = {}
 

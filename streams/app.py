@@ -12,6 +12,7 @@ import aiokafka
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TopicT, TransportT
+from mode import ServiceT
 
 from streams.settings import Settings
 from streams.topics import TopicNames, TopicTable
@@ -67,6 +68,10 @@ class LanewayApp(faust.App):
         """aiokafka producer settings of the size contract: every Laneway producer uses them.
         (aiokafka's default batch size, 16 KiB, is far below any topic's limit.)"""
         return {"max_request_size": self.laneway.max_record_bytes}
+
+    def add_service(self, service: ServiceT) -> None:
+        """Start `service` with the app and stop it with the app."""
+        self.service(service)  # type: ignore[arg-type]  # typed for classes; instances work too
 
     def _new_transport(self) -> TransportT:
         return _PromptTransport(self.conf.broker_consumer, self)

@@ -387,9 +387,7 @@ def _networks_overlap(one: SenderIdentity, other: SenderIdentity) -> bool:
         return True
     # `admits` maps IPv4-mapped peers to IPv4, so networks of different versions share no peer.
     return any(
-        a.version == b.version and a.overlaps(b)  # type: ignore[arg-type]
-        for a in one.networks
-        for b in other.networks
+        a.version == b.version and a.overlaps(b) for a in one.networks for b in other.networks
     )
 
 
