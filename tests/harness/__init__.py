@@ -23,13 +23,14 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.mllp import Frame, MllpDecoder, frame
+from streams.topics import TopicNames
 
 REPO = Path(__file__).resolve().parents[2]
 FAUST = Path(sys.executable).with_name("faust")
@@ -205,7 +206,7 @@ class ChildProcess:
             f"{self.log_tail()}"
         )
 
-    def __enter__(self) -> ChildProcess:
+    def __enter__(self) -> Self:
         """Started until the `with` block ends, however it ends (a failed start included)."""
         try:
             self.start()
@@ -266,6 +267,10 @@ class WorkerProcess(ChildProcess):
     ) -> None:
         command = [str(FAUST), "-A", module, "worker", "-l", "info"]
         super().__init__(name, command, {"LANEWAY_WEB_PORT": str(free_port()), **env}, log_path)
+
+    @property
+    def topics(self) -> TopicNames:
+        return TopicNames(self.env["LANEWAY_TOPIC_PREFIX"])
 
     @classmethod
     def lane(cls, env: dict[str, str], log_path: Path, name: str = "lane worker") -> WorkerProcess:

@@ -63,7 +63,7 @@ async def api(small: WorkerProcess) -> AsyncIterator[Api]:
 
 @pytest.fixture
 def topics(small: WorkerProcess) -> TopicNames:
-    return TopicNames(small.env["LANEWAY_TOPIC_PREFIX"])
+    return small.topics
 
 
 def partition_of(key: bytes) -> int:

@@ -26,7 +26,6 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from streams.topics import TopicNames
 from tests.harness import Api, WorkerProcess
 from tests.harness.faults import (
     FAULT_CLASSES,
@@ -105,7 +104,7 @@ async def test_fuzzed_faults_are_accounted_for_and_the_quiet_tenant_keeps_its_pa
     small_api: tuple[Api, WorkerProcess], bootstrap: str
 ) -> None:
     api, worker = small_api
-    topics = TopicNames(worker.env["LANEWAY_TOPIC_PREFIX"])
+    topics = worker.topics
     async with quiet_tenant(api, bootstrap, topics) as quiet:
         scene = await FaultScene.onboard(
             api,

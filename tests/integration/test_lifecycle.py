@@ -58,7 +58,7 @@ async def api(lifecycle_worker: WorkerProcess) -> AsyncIterator[Api]:
 
 @pytest.fixture
 def topics(lifecycle_worker: WorkerProcess) -> TopicNames:
-    return TopicNames(lifecycle_worker.env["LANEWAY_TOPIC_PREFIX"])
+    return lifecycle_worker.topics
 
 
 def good(prefix: str) -> bytes:

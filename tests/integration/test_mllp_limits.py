@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from streams.mllp import frame
-from streams.topics import TopicNames
 from tests.harness import (
     Ack,
     Api,
@@ -90,7 +89,7 @@ class Scene:
 
     def __init__(self, worker: WorkerProcess, api: Api) -> None:
         self.worker, self.api = worker, api
-        self.topics = TopicNames(worker.env["LANEWAY_TOPIC_PREFIX"])
+        self.topics = worker.topics
         self.port = int(worker.env["LANEWAY_MLLP_PORT"])
 
     async def metrics(self) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:

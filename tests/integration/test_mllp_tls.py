@@ -115,7 +115,7 @@ class Scene:
 @contextlib.asynccontextmanager
 async def scene(worker: WorkerProcess, admin_token: str, bootstrap: str) -> AsyncIterator[Scene]:
     """On exit, checks that the quiet tenant kept streaming (quiet_tenant)."""
-    topics = TopicNames(worker.env["LANEWAY_TOPIC_PREFIX"])
+    topics = worker.topics
     web = f"http://127.0.0.1:{worker.env['LANEWAY_WEB_PORT']}"
     async with Api(web, admin_token) as api, quiet_tenant(api, bootstrap, topics) as quiet:
         plain_port, tls_port = (int(worker.env[f"LANEWAY_MLLP_{p}PORT"]) for p in ("", "TLS_"))
