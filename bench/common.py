@@ -1,35 +1,39 @@
-"""Helpers shared by the benchmarks: topic admin, the source header and consumer subprocesses."""
+"""What the benchmarks share beyond the harness: results, progress log, targets, the bench's Kafka
+clients and topic admin, the source header and run metadata.
+
+Processes, worker settings, ports and the API and MLLP clients come from tests/harness.py.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
-import os
-import random
-import signal
-import socket
+import re
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from streams.auth import hash_token, new_token
 from streams.tenants import TenantRecord, TenantSpec
 from streams.topics import TopicNames
+from tests.harness import REPO, HarnessError, log
 
-REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "bench" / "results"
 
 # Benchmarks run against the single-node development broker: one replica is all there is.
 REPLICATION = 1
+
+# The producer must not be what limits a bench: big batches, a few ms of linger.
+PRODUCER_LINGER_MS = 5
+PRODUCER_MAX_BATCH_BYTES = 256 * 1024
 
 # The pass-through copies the ingress position into this header, so its outputs can be joined
 # to ingress records like the pipeline's events, whose JSON `source` field carries the same.
@@ -39,13 +43,8 @@ SourceId = tuple[int, int]
 """(partition, offset) of an ingress record."""
 
 
-class BenchError(RuntimeError):
+class BenchError(HarnessError):
     """The benchmark cannot go on; the message says why."""
-
-
-def log(line: str) -> None:
-    """Progress goes to stderr; stdout carries the one-line summary."""
-    print(line, file=sys.stderr, flush=True)
 
 
 def run_bench(
@@ -53,12 +52,12 @@ def run_bench(
     args: argparse.Namespace,
     name: str,
     summary: Callable[[dict[str, Any]], str],
-    failures: tuple[type[BaseException], ...] = (BenchError,),
+    failures: tuple[type[BaseException], ...] = (HarnessError,),
 ) -> None:
     """Run one benchmark, write bench/results/<name>.json and print its summary line.
 
-    A failure exits 1 and an interrupt 130; the benchmarks clean up their processes and topics
-    on the way out either way.
+    A failure (a BenchError, or a harness process that died or never got ready) exits 1 and an
+    interrupt 130; the benchmarks clean up their processes and topics on the way out either way.
     """
     try:
         results = asyncio.run(bench(args))
@@ -86,10 +85,6 @@ def exit_on_missed_targets(name: str) -> None:
         log(f"target missed: {target}")
     if missed:
         sys.exit(1)
-
-
-def default_bootstrap() -> str:
-    return os.environ.get("LANEWAY_KAFKA_BOOTSTRAP", "localhost:9092")
 
 
 def encode_source(partition: int, offset: int) -> bytes:
@@ -143,81 +138,87 @@ def rss_bytes(pid: int) -> int:
     raise BenchError(f"no VmRSS for process {pid}")
 
 
-# Below Linux's ephemeral range (32768-60999): a port picked there can be taken as the source
-# port of some outgoing connection before (or while) the worker binds it, e.g. on a restart.
-_LISTEN_PORTS = range(20000, 32000)
+class Kafka:
+    """The bench's own clients: admin, the ingress producer and a group-less reader."""
 
-
-def free_port() -> int:
-    """A port nothing listens on now, outside the range the kernel hands to client sockets."""
-    for port in random.sample(_LISTEN_PORTS, 200):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise BenchError("no free port found between 20000 and 32000")
-
-
-class ConsumerProcess:
-    """A consumer subprocess (Faust worker or pass-through) writing to its own log file."""
-
-    def __init__(self, name: str, command: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.name = name
-        self.log_path = log_path
-        self._command = command
-        self._env = {**os.environ, **env}
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            # A session of its own keeps the terminal's Ctrl-C away from it: the bench stops it.
-            self._process = subprocess.Popen(
-                self._command,
-                cwd=REPO,
-                env=self._env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    async def wait_for_log(self, marker: bytes, timeout_s: float) -> None:
-        """Return once `marker` shows up in the log; fail if the process dies or time runs out."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            self.check_alive()
-            if marker in self.log_path.read_bytes():
-                return
-            await asyncio.sleep(0.2)
-        raise BenchError(
-            f"{self.name} did not log {marker.decode()!r} within {timeout_s:.0f}s; "
-            f"log {self.log_path}:\n{self.log_tail()}"
+    def __init__(self, bootstrap: str) -> None:
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            acks="all",
+            linger_ms=PRODUCER_LINGER_MS,
+            max_batch_size=PRODUCER_MAX_BATCH_BYTES,
+        )
+        self.reader = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
         )
 
-    @property
-    def pid(self) -> int:
-        if self._process is None:
-            raise BenchError(f"{self.name} was not started")
-        return self._process.pid
+    async def start(self) -> None:
+        await self.admin.start()
+        await self.producer.start()
+        await self.reader.start()
 
-    def check_alive(self) -> None:
-        if self._process is None or self._process.poll() is not None:
-            raise BenchError(f"{self.name} is not running; log {self.log_path}:\n{self.log_tail()}")
+    async def stop(self) -> None:
+        await self.reader.stop()
+        await self.producer.stop()
+        await self.admin.close()
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGTERM for a clean shutdown, SIGKILL if it does not come in time."""
-        if self._process is None or self._process.poll() is not None:
-            return
-        self._process.send_signal(signal.SIGTERM)
-        try:
-            self._process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+    async def existing_topics(self) -> set[str]:
+        return set(await self.reader.topics())  # fetches fresh metadata
 
-    def log_tail(self, lines: int = 40) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+    async def end_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        return dict(await self.reader.end_offsets(list(partitions))) if partitions else {}
+
+    async def read(self, ranges: dict[TopicPartition, tuple[int, int]]) -> list[ConsumerRecord]:
+        """Every record in [start, end) of each partition."""
+        wanted = {tp: span for tp, span in ranges.items() if span[1] > span[0]}
+        self.reader.assign(list(wanted))
+        for tp, (start, _) in wanted.items():
+            self.reader.seek(tp, start)
+        records: list[ConsumerRecord] = []
+        remaining = set(wanted)
+        async with asyncio.timeout(300):
+            while remaining:
+                batch = await self.reader.getmany(*remaining, timeout_ms=1000)
+                for tp, partition_records in batch.items():
+                    end = wanted[tp][1]
+                    records.extend(r for r in partition_records if r.offset < end)
+                    if await self.reader.position(tp) >= end:
+                        remaining.discard(tp)
+        return records
+
+    async def delete_run_topics(self, run_prefix: str) -> list[str]:
+        """Delete every topic of this run, including Faust's internal ones (named by app id)."""
+        doomed = sorted(t for t in await self.existing_topics() if t.startswith(run_prefix))
+        if doomed:
+            await self.admin.delete_topics(doomed)
+        return doomed
+
+
+async def clean_up(kafka: Kafka, run_prefix: str) -> None:
+    """Delete the run's topics so the broker does not fill up; a cleanup failure is reported."""
+    try:
+        deleted = await kafka.delete_run_topics(run_prefix)
+        log(f"deleted {len(deleted)} bench topics")
+    except KafkaError as error:
+        log(f"could not delete the topics {run_prefix}*: {error}")
+    finally:
+        await kafka.stop()
+
+
+def kafka_version(bootstrap: str) -> str | None:
+    """Version of the local development broker; unknown for any other bootstrap."""
+    if bootstrap not in ("localhost:9092", "127.0.0.1:9092"):
+        return None
+    status = subprocess.run(
+        ["bash", "scripts/kafka.sh", "status"], cwd=REPO, capture_output=True, text=True
+    )
+    match = re.search(r"Kafka (\S+)", status.stdout)
+    return match.group(1) if match else None
+
+
+def git_commit() -> str | None:
+    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else None

@@ -28,7 +28,6 @@ import secrets
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -39,16 +38,13 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from playwright.async_api import Browser, Page, Playwright, async_playwright
+from playwright.async_api import Browser, Page, async_playwright
 
 from bench.common import (
     REPO,
     RESULTS_DIR,
     BenchError,
-    ConsumerProcess,
     create_topics,
-    default_bootstrap,
-    free_port,
     log,
     run_bench,
 )
@@ -57,18 +53,9 @@ from streams.hl7.synthetic import SyntheticFeed
 from streams.tenants import TenantRecord, TenantSpec
 from streams.topics import TopicNames
 from streams.volume import TenantVolume
+from tests.harness import WorkerProcess, default_bootstrap, worker_env
+from tests.harness.browser import launch_chromium, sign_in
 
-# Debian's Chromium (`apt-get install -y chromium`); Playwright's own browser download is never
-# used. The flags keep a headless run quiet and offline.
-CHROMIUM_PATH = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 FIRST_RENDER_MARK = "laneway:first-render"
 VIEWPORT = {"width": 1400, "height": 900}
 READY_TIMEOUT_S = 120.0
@@ -77,25 +64,6 @@ REAL_TRAFFIC_TENANTS = 10
 REAL_MESSAGES_EACH = 20
 DEDICATED_LANES = 4
 REPUBLISH_S = 1.0
-
-
-def chromium_executable() -> str:
-    if not CHROMIUM_PATH.exists():
-        raise BenchError(f"no Chromium at {CHROMIUM_PATH}: apt-get install -y chromium")
-    return str(CHROMIUM_PATH)
-
-
-async def launch_chromium(playwright: Playwright) -> Browser:
-    return await playwright.chromium.launch(
-        executable_path=chromium_executable(), headless=True, args=CHROMIUM_ARGS
-    )
-
-
-async def sign_in(page: Page, base_url: str, token: str) -> None:
-    """Open the dashboard and sign in through its form, as an operator would."""
-    await page.goto(f"{base_url}/dashboard")
-    await page.fill("#token", token)
-    await page.click("#login-form button[type=submit]")
 
 
 async def first_render_ms(page: Page) -> float:
@@ -280,32 +248,16 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     app_id = f"lwbench-{run_id}-dash"
     topics = TopicNames(f"{app_id}.")
     run_dir = REPO / ".run" / "bench" / run_id
-    token = secrets.token_urlsafe(24)
-    web_port = free_port()
-    base_url = f"http://127.0.0.1:{web_port}"
-    env = {
-        "LANEWAY_KAFKA_BOOTSTRAP": args.bootstrap,
-        "LANEWAY_APP_ID": app_id,
-        "LANEWAY_TOPIC_PREFIX": topics.prefix,
-        "LANEWAY_WEB_PORT": str(web_port),
-        "LANEWAY_MLLP_PORT": str(free_port()),
-        "LANEWAY_DATA_DIR": str(run_dir / "data"),
-        "LANEWAY_ADMIN_TOKEN": token,
-        "LANEWAY_DEDICATED_LANES": str(DEDICATED_LANES),
-    }
-    faust = str(Path(sys.executable).with_name("faust"))
-    worker = ConsumerProcess(
-        "faust worker",
-        [faust, "-A", "agents.worker", "worker", "-l", "info"],
-        env,
-        run_dir / "worker.log",
-    )
+    env = worker_env(args.bootstrap, app_id, run_dir / "data", dedicated_lanes=str(DEDICATED_LANES))
+    token = env["LANEWAY_ADMIN_TOKEN"]
+    base_url = f"http://127.0.0.1:{env['LANEWAY_WEB_PORT']}"
+    worker = WorkerProcess(env, run_dir / "worker.log", name="faust worker")
     stop = asyncio.Event()
     republisher: asyncio.Task[None] | None = None
     async with kafka_clients(args.bootstrap) as (admin, producer):
         try:
-            worker.start()
-            await worker.wait_for_log(b"Ready", READY_TIMEOUT_S)
+            worker.spawn()
+            await worker.ready(READY_TIMEOUT_S)
             log(f"onboarding {args.tenants} tenants")
             await onboard(admin, producer, topics, args.tenants)
             republisher = asyncio.create_task(

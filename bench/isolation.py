@@ -39,7 +39,6 @@ import os
 import random
 import secrets
 import statistics
-import sys
 import time
 from array import array
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -61,21 +60,22 @@ from bench.common import (
     REPO,
     RESULTS_DIR,
     BenchError,
-    ConsumerProcess,
+    Kafka,
+    clean_up,
     create_topics,
-    default_bootstrap,
-    free_port,
+    git_commit,
+    kafka_version,
     log,
     rss_bytes,
     run_bench,
     write_tenant_configs,
 )
-from bench.throughput import Kafka, clean_up, git_commit, kafka_version
 from streams.hl7.synthetic import ADT_TRIGGERS, VERSIONS, adt, oru
 from streams.processing import HEADER_IDEMPOTENCY_KEY
 from streams.settings import Settings
 from streams.tenants import SenderIdentity, TenantSpec
 from streams.topics import TopicNames
+from tests.harness import HarnessError, WorkerProcess, default_bootstrap, worker_env
 
 QUIET_TENANTS = [f"quiet-{index:02d}" for index in range(1, 20)]
 NOISY_TENANT = "noisy"
@@ -288,38 +288,23 @@ class Run:
 
     def worker_env(self, name: str, **settings: str) -> dict[str, str]:
         """Settings of one system's workers: nothing shared with any other worker on the host."""
-        app_id = f"{self.prefix}{name}"
-        return {
-            "LANEWAY_KAFKA_BOOTSTRAP": self.bootstrap,
-            "LANEWAY_APP_ID": app_id,
-            "LANEWAY_TOPIC_PREFIX": f"{app_id}.",
-            "LANEWAY_WEB_PORT": str(free_port()),
-            "LANEWAY_LANE_WEB_PORT": str(free_port()),
-            "LANEWAY_MLLP_PORT": str(free_port()),
-            "LANEWAY_DATA_DIR": str(self.dir / "data"),
-            "LANEWAY_ADMIN_TOKEN": self.admin_token,
+        return worker_env(
+            self.bootstrap,
+            f"{self.prefix}{name}",
+            self.dir / "data",
+            admin_token=self.admin_token,
             **settings,
-        }
-
-    def shared_worker(self, name: str, env: dict[str, str]) -> ConsumerProcess:
-        return ConsumerProcess(
-            f"{name} shared worker",
-            [_faust(), "-A", "agents.worker", "worker", "-l", "info"],
-            env,
-            self.dir / f"{name}-shared.log",
         )
 
-    def lane_worker(self, name: str, env: dict[str, str], nice: int) -> ConsumerProcess:
-        return ConsumerProcess(
-            f"{name} lane worker",
-            [_faust(), "-A", "agents.lane_worker", "worker", "-l", "info"],
+    def shared_worker(self, name: str, env: dict[str, str]) -> WorkerProcess:
+        return WorkerProcess(env, self.dir / f"{name}-shared.log", name=f"{name} shared worker")
+
+    def lane_worker(self, name: str, env: dict[str, str], nice: int) -> WorkerProcess:
+        return WorkerProcess.lane(
             {**env, "LANEWAY_LANE_NICE": str(nice)},
             self.dir / f"{name}-lanes.log",
+            name=f"{name} lane worker",
         )
-
-
-def _faust() -> str:
-    return str(Path(sys.executable).with_name("faust"))
 
 
 def competing_processes() -> list[str]:
@@ -348,13 +333,13 @@ def host_state(stage: str) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def running(processes: Sequence[ConsumerProcess]) -> AsyncIterator[None]:
+async def running(processes: Sequence[WorkerProcess]) -> AsyncIterator[None]:
     """Start the processes, wait until each is Ready, stop them all on the way out."""
     try:
         for process in processes:
             log(f"starting {process.name} (log {process.log_path})")
-            process.start()
-        await asyncio.gather(*(p.wait_for_log(b"Ready", READY_TIMEOUT_S) for p in processes))
+            process.spawn()
+        await asyncio.gather(*(p.ready(READY_TIMEOUT_S) for p in processes))
         yield
     finally:
         for process in processes:
@@ -400,7 +385,7 @@ class Watch:
         self,
         kafka: Kafka,
         label: str,
-        processes: Sequence[ConsumerProcess],
+        processes: Sequence[WorkerProcess],
         outputs: Sequence[TopicPartition],
         control: TopicPartition,
     ) -> None:
@@ -455,7 +440,7 @@ class Watch:
 async def calibrate(kafka: Kafka, run: Run, corpus: Corpus, messages: int) -> dict[str, Any]:
     """Drain a preloaded backlog with one shared worker (lanes off): its msgs/s is C."""
     host = host_state("calibration")
-    env = run.worker_env("cal", LANEWAY_LANES_ENABLED="false")
+    env = run.worker_env("cal", lanes_enabled="false")
     topics = TopicNames(env["LANEWAY_TOPIC_PREFIX"])
     await create_topics(kafka.admin, [topics.ingress], Settings().ingress_partitions)
     log(f"calibration: preloading {messages:,} messages of {len(TENANTS)} tenants")
@@ -592,7 +577,7 @@ async def run_system(
     host = host_state(label)
     env = run.worker_env(
         label,
-        LANEWAY_LANES_ENABLED=str(lanes_enabled).lower(),
+        lanes_enabled=str(lanes_enabled).lower(),
         LANEWAY_HOLD_DOWN_S=str(args.hold_down_seconds),
         LANEWAY_LANE_DRAIN_RATE=str(args.lane_drain_rate),
     )
@@ -1144,7 +1129,7 @@ def _summary(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    run_bench(bench, parse_args(), "isolation", _summary, failures=(BenchError, KafkaError))
+    run_bench(bench, parse_args(), "isolation", _summary, failures=(HarnessError, KafkaError))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ import asyncio
 import os
 import random
 import secrets
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -40,15 +39,16 @@ from bench.common import (
     REPO,
     RESULTS_DIR,
     BenchError,
-    ConsumerProcess,
-    default_bootstrap,
-    free_port,
+    Kafka,
+    clean_up,
+    git_commit,
+    kafka_version,
     log,
     run_bench,
 )
-from bench.throughput import Kafka, clean_up, git_commit, kafka_version
 from streams.hl7.synthetic import ADT_TRIGGERS, VERSIONS, adt, oru
 from streams.mllp import Frame, MllpDecoder, frame
+from tests.harness import WorkerProcess, default_bootstrap, worker_env
 
 READY_TIMEOUT_S = 120.0
 CORPUS_SEED = 20240607
@@ -287,39 +287,19 @@ def plot(result: Result, args: argparse.Namespace, path: Path) -> None:
     figure.savefig(path, dpi=100)
 
 
-def worker_env(run_id: str, args: argparse.Namespace, run_dir: Path) -> dict[str, str]:
-    """Settings of the bench's own worker: nothing shared with other workers on this broker."""
-    app_id = f"lwbench-{run_id}-mllp"
-    return {
-        "LANEWAY_KAFKA_BOOTSTRAP": args.bootstrap,
-        "LANEWAY_APP_ID": app_id,
-        "LANEWAY_TOPIC_PREFIX": f"{app_id}.",
-        "LANEWAY_WEB_PORT": str(free_port()),
-        "LANEWAY_LANE_WEB_PORT": str(free_port()),
-        "LANEWAY_MLLP_PORT": str(free_port()),
-        "LANEWAY_DATA_DIR": str(run_dir / "data"),
-        "LANEWAY_ADMIN_TOKEN": secrets.token_urlsafe(24),
-    }
-
-
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     run_id = f"{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(2)}"
     run_dir = REPO / ".run" / "bench" / run_id
     per_connection = round(args.rate / args.connections * (args.warmup_seconds + args.seconds))
     connections = build_connections(args.connections, per_connection, run_id)
-    env = worker_env(run_id, args, run_dir)
-    faust = str(Path(sys.executable).with_name("faust"))
-    worker = ConsumerProcess(
-        "faust worker",
-        [faust, "-A", "agents.worker", "worker", "-l", "info"],
-        env,
-        run_dir / "worker.log",
-    )
-    log(f"starting a worker (log {run_dir / 'worker.log'})")
-    worker.start()
+    # The bench's own worker: nothing shared with other workers on this broker.
+    env = worker_env(args.bootstrap, f"lwbench-{run_id}-mllp", run_dir / "data")
+    worker = WorkerProcess(env, run_dir / "worker.log", name="faust worker")
+    log(f"starting a worker (log {worker.log_path})")
+    worker.spawn()
     try:
-        await worker.wait_for_log(b"Ready", READY_TIMEOUT_S)
+        await worker.ready(READY_TIMEOUT_S)
         for connection in connections:
             await onboard(
                 int(env["LANEWAY_WEB_PORT"]),

@@ -21,8 +21,9 @@ from aiokafka import (
 )
 from aiokafka.admin import AIOKafkaAdminClient
 
-from bench.common import SOURCE_HEADER, create_topics, default_bootstrap, encode_source
+from bench.common import SOURCE_HEADER, create_topics, encode_source
 from streams.topics import TopicNames
+from tests.harness import default_bootstrap
 
 # Mirror the worker's processor settings (LANEWAY_BATCH_MAX, Faust's producer_linger).
 BATCH_MAX = 500

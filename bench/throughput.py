@@ -17,9 +17,7 @@ import argparse
 import asyncio
 import os
 import random
-import re
 import secrets
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -30,9 +28,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -41,12 +37,13 @@ from bench.common import (
     RESULTS_DIR,
     SOURCE_HEADER,
     BenchError,
-    ConsumerProcess,
+    Kafka,
     SourceId,
+    clean_up,
     create_topics,
     decode_source,
-    default_bootstrap,
-    free_port,
+    git_commit,
+    kafka_version,
     log,
     run_bench,
     write_tenant_configs,
@@ -54,14 +51,12 @@ from bench.common import (
 from streams.hl7.synthetic import ADT_TRIGGERS, VERSIONS, adt, oru
 from streams.tenants import TenantSpec
 from streams.topics import TopicNames
+from tests.harness import ChildProcess, WorkerProcess, default_bootstrap, worker_env
 
 WARMUP_MESSAGES = 200
 CORPUS_SEED = 20240101
 READY_TIMEOUT_S = 120.0
 POLL_INTERVAL_S = 0.25
-# The producer must not be what limits the saturated phase: big batches, a few ms of linger.
-PRODUCER_LINGER_MS = 5
-PRODUCER_MAX_BATCH_BYTES = 256 * 1024
 
 Message = tuple[bytes, bytes]
 """(tenant key, raw ER7) as produced to ingress."""
@@ -74,7 +69,7 @@ class System:
     label: str
     topics: TopicNames
     partitions: int
-    process: ConsumerProcess
+    process: ChildProcess
     source_of: Callable[[ConsumerRecord], SourceId]
 
 
@@ -118,65 +113,6 @@ def build_corpus(count: int, tenants: Sequence[bytes]) -> list[Message]:
             message = oru(rng, version=version, seq=seq)
         corpus.append((tenants[seq % len(tenants)], message))
     return corpus
-
-
-class Kafka:
-    """The bench's own clients: admin, the ingress producer and a group-less reader."""
-
-    def __init__(self, bootstrap: str) -> None:
-        self.admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            acks="all",
-            linger_ms=PRODUCER_LINGER_MS,
-            max_batch_size=PRODUCER_MAX_BATCH_BYTES,
-        )
-        self.reader = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            enable_auto_commit=False,
-            max_partition_fetch_bytes=8 * 1024 * 1024,
-        )
-
-    async def start(self) -> None:
-        await self.admin.start()
-        await self.producer.start()
-        await self.reader.start()
-
-    async def stop(self) -> None:
-        await self.reader.stop()
-        await self.producer.stop()
-        await self.admin.close()
-
-    async def existing_topics(self) -> set[str]:
-        return set(await self.reader.topics())  # fetches fresh metadata
-
-    async def end_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
-        return dict(await self.reader.end_offsets(list(partitions))) if partitions else {}
-
-    async def read(self, ranges: dict[TopicPartition, tuple[int, int]]) -> list[ConsumerRecord]:
-        """Every record in [start, end) of each partition."""
-        wanted = {tp: span for tp, span in ranges.items() if span[1] > span[0]}
-        self.reader.assign(list(wanted))
-        for tp, (start, _) in wanted.items():
-            self.reader.seek(tp, start)
-        records: list[ConsumerRecord] = []
-        remaining = set(wanted)
-        async with asyncio.timeout(300):
-            while remaining:
-                batch = await self.reader.getmany(*remaining, timeout_ms=1000)
-                for tp, partition_records in batch.items():
-                    end = wanted[tp][1]
-                    records.extend(r for r in partition_records if r.offset < end)
-                    if await self.reader.position(tp) >= end:
-                        remaining.discard(tp)
-        return records
-
-    async def delete_run_topics(self, run_prefix: str) -> list[str]:
-        """Delete every topic of this run, including Faust's internal ones (named by app id)."""
-        doomed = sorted(t for t in await self.existing_topics() if t.startswith(run_prefix))
-        if doomed:
-            await self.admin.delete_topics(doomed)
-        return doomed
 
 
 async def run_phase(
@@ -330,9 +266,9 @@ async def measure(
         specs = (TenantSpec(id=t.decode(), name=t.decode(), senders=[]) for t in tenants)
         await write_tenant_configs(kafka.admin, kafka.producer, system.topics, specs)
     log(f"{system.label}: starting consumer process (log {system.process.log_path})")
-    system.process.start()
+    system.process.spawn()
     try:
-        await system.process.wait_for_log(b"Ready", READY_TIMEOUT_S)
+        await system.process.ready(READY_TIMEOUT_S)
         # The warm-up waits out the group's partition assignment and declares the out topics.
         await run_phase(
             kafka, system, "warm-up", corpus[:WARMUP_MESSAGES], tenants, None, READY_TIMEOUT_S
@@ -363,20 +299,15 @@ async def measure(
 
 def make_systems(run_id: str, bootstrap: str, partitions: int, run_dir: Path) -> list[System]:
     pipe_id, base_id = f"lwbench-{run_id}-pipe", f"lwbench-{run_id}-base"
-    worker_env = {
-        "LANEWAY_KAFKA_BOOTSTRAP": bootstrap,
-        "LANEWAY_APP_ID": pipe_id,
-        "LANEWAY_TOPIC_PREFIX": f"{pipe_id}.",
-        "LANEWAY_WEB_PORT": str(free_port()),
-        "LANEWAY_DATA_DIR": str(run_dir / "data"),
-        "LANEWAY_INGRESS_PARTITIONS": str(partitions),
+    env = worker_env(
+        bootstrap,
+        pipe_id,
+        run_dir / "data",
+        ingress_partitions=str(partitions),
         # One process, one lane: this measures the processing pipeline itself (lanes would move
         # every flooding bench tenant to the lane worker; bench.isolation measures lanes).
-        "LANEWAY_LANES_ENABLED": "false",
-        "LANEWAY_MLLP_PORT": str(free_port()),
-        "LANEWAY_ADMIN_TOKEN": secrets.token_urlsafe(16),
-    }
-    faust = str(Path(sys.executable).with_name("faust"))
+        lanes_enabled="false",
+    )
     passthrough_command = [
         sys.executable,
         "-m",
@@ -393,21 +324,14 @@ def make_systems(run_id: str, bootstrap: str, partitions: int, run_dir: Path) ->
             label="pipeline",
             topics=TopicNames(f"{pipe_id}."),
             partitions=partitions,
-            process=ConsumerProcess(
-                "faust worker",
-                [faust, "-A", "agents.worker", "worker", "-l", "info"],
-                worker_env,
-                run_dir / "pipeline.log",
-            ),
+            process=WorkerProcess(env, run_dir / "pipeline.log", name="faust worker"),
             source_of=pipeline_source,
         ),
         System(
             label="baseline",
             topics=TopicNames(f"{base_id}."),
             partitions=partitions,
-            process=ConsumerProcess(
-                "pass-through", passthrough_command, {}, run_dir / "baseline.log"
-            ),
+            process=ChildProcess("pass-through", passthrough_command, {}, run_dir / "baseline.log"),
             source_of=passthrough_source,
         ),
     ]
@@ -455,17 +379,6 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "git_commit": git_commit(),
         "wall_time_s": round(time.monotonic() - started, 1),
     }
-
-
-async def clean_up(kafka: Kafka, run_prefix: str) -> None:
-    """Delete the run's topics so the broker does not fill up; a cleanup failure is reported."""
-    try:
-        deleted = await kafka.delete_run_topics(run_prefix)
-        log(f"deleted {len(deleted)} bench topics")
-    except KafkaError as error:
-        log(f"could not delete the topics {run_prefix}*: {error}")
-    finally:
-        await kafka.stop()
 
 
 def plot(pipeline: SystemResult, baseline: SystemResult, paced_rate: float, path: Path) -> None:
@@ -522,22 +435,6 @@ def plot(pipeline: SystemResult, baseline: SystemResult, paced_rate: float, path
         axes.grid(True, which="both", alpha=0.3)
     paced_cdf_axes.legend(loc="lower right")
     figure.savefig(path, dpi=100)
-
-
-def kafka_version(bootstrap: str) -> str | None:
-    """Version of the local development broker; unknown for any other bootstrap."""
-    if bootstrap not in ("localhost:9092", "127.0.0.1:9092"):
-        return None
-    status = subprocess.run(
-        ["bash", "scripts/kafka.sh", "status"], cwd=REPO, capture_output=True, text=True
-    )
-    match = re.search(r"Kafka (\S+)", status.stdout)
-    return match.group(1) if match else None
-
-
-def git_commit() -> str | None:
-    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    return result.stdout.strip() if result.returncode == 0 else None
 
 
 def parse_args() -> argparse.Namespace:

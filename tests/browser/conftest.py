@@ -7,22 +7,14 @@ whole run ends; these are module-scoped instead, stopped as soon as the browser 
 
 from __future__ import annotations
 
-import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from playwright.async_api import Browser, async_playwright
 
-from bench.dashboard import launch_chromium
-from tests.integration.kafka_helpers import (
-    Api,
-    WorkerProcess,
-    broker_answers,
-    delete_topics_with_prefix,
-    free_port,
-)
+from tests.harness import Api, WorkerProcess, suite_env
+from tests.harness.browser import launch_chromium
 
 ADMIN_TOKEN = "admin-" + uuid.uuid4().hex
 
@@ -30,25 +22,8 @@ ADMIN_TOKEN = "admin-" + uuid.uuid4().hex
 @pytest.fixture(scope="module")
 def dashboard_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Environment of this module's workers; their topics are deleted after."""
-    bootstrap = os.environ.get("LANEWAY_KAFKA_BOOTSTRAP", "localhost:9092")
-    if not asyncio.run(broker_answers(bootstrap, timeout_s=20.0)):
-        pytest.fail(f"no Kafka broker answers at {bootstrap}; run `make kafka-up` (or `make test`)")
-    run_id = uuid.uuid4().hex[:8]
-    env = {
-        "LANEWAY_KAFKA_BOOTSTRAP": bootstrap,
-        "LANEWAY_APP_ID": f"laneway-browser-{run_id}",
-        "LANEWAY_TOPIC_PREFIX": f"lwbrowser-{run_id}.",
-        "LANEWAY_DATA_DIR": str(tmp_path_factory.mktemp("browser-worker-data")),
-        "LANEWAY_INGRESS_PARTITIONS": "4",
-        "LANEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
-        "LANEWAY_WEB_PORT": str(free_port()),
-        "LANEWAY_MLLP_PORT": str(free_port()),
-        "LANEWAY_LANE_WEB_PORT": str(free_port()),
-    }
-    yield env
-    asyncio.run(
-        delete_topics_with_prefix(bootstrap, env["LANEWAY_TOPIC_PREFIX"], env["LANEWAY_APP_ID"])
-    )
+    with suite_env("browser", tmp_path_factory.mktemp("browser-worker-data"), ADMIN_TOKEN) as env:
+        yield env
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +32,7 @@ def dashboard_worker(
 ) -> Iterator[WorkerProcess]:
     """The shared worker serving the dashboard, with the lane worker beside it."""
     logs = tmp_path_factory.mktemp("browser-worker-logs")
-    lane_env = {**dashboard_env, "LANEWAY_WEB_PORT": dashboard_env["LANEWAY_LANE_WEB_PORT"]}
-    lane_worker = WorkerProcess(lane_env, logs / "lane-worker.log", module="agents.lane_worker")
+    lane_worker = WorkerProcess.lane(dashboard_env, logs / "lane-worker.log")
     worker = WorkerProcess(dashboard_env, logs / "worker.log")
     try:
         lane_worker.start()
@@ -71,8 +45,7 @@ def dashboard_worker(
 
 @pytest.fixture
 async def dashboard_api(dashboard_worker: WorkerProcess) -> AsyncIterator[Api]:
-    base_url = f"http://127.0.0.1:{dashboard_worker.env['LANEWAY_WEB_PORT']}"
-    async with Api(base_url, ADMIN_TOKEN) as client:
+    async with Api.of(dashboard_worker) as client:
         yield client
 
 

@@ -13,10 +13,10 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from playwright.async_api import Browser, Page
 
-from bench.dashboard import sign_in
 from streams.hl7.synthetic import SyntheticFeed
 from streams.topics import TopicNames
-from tests.integration.kafka_helpers import REPO, Api, WorkerProcess
+from tests.harness import REPO, Api, WorkerProcess
+from tests.harness.browser import sign_in
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,6 @@ Every test session uses its own topic prefix and app id, so runs never see each 
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,50 +14,28 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from tests.integration.kafka_helpers import (
+from tests.harness import (
     Api,
     WorkerProcess,
-    broker_answers,
-    delete_topics_with_prefix,
-    free_port,
+    fresh_ports,
+    suite_env,
 )
 
-BOOTSTRAP = os.environ.get("LANEWAY_KAFKA_BOOTSTRAP", "localhost:9092")
 ADMIN_TOKEN = "admin-" + uuid.uuid4().hex
 
 
 @pytest.fixture(scope="session")
-def bootstrap() -> str:
-    # A missing broker is a set-up error, not a reason to skip: `make test` starts one.
-    if not asyncio.run(broker_answers(BOOTSTRAP, timeout_s=20.0)):
-        pytest.fail(f"no Kafka broker answers at {BOOTSTRAP}; run `make kafka-up` (or `make test`)")
-    return BOOTSTRAP
-
-
-@pytest.fixture(scope="session")
-def run_id() -> str:
-    return uuid.uuid4().hex[:8]
-
-
-@pytest.fixture(scope="session")
-def worker_env(
-    bootstrap: str, run_id: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict]:
+def worker_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """Environment for worker processes of this test session; its topics are deleted after."""
-    yield {
-        "LANEWAY_KAFKA_BOOTSTRAP": bootstrap,
-        "LANEWAY_APP_ID": f"laneway-test-{run_id}",
-        "LANEWAY_TOPIC_PREFIX": f"lwtest-{run_id}.",
-        "LANEWAY_DATA_DIR": str(tmp_path_factory.mktemp("worker-data")),
-        "LANEWAY_INGRESS_PARTITIONS": "4",
-        "LANEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
-        "LANEWAY_WEB_PORT": str(free_port()),
-        "LANEWAY_MLLP_PORT": str(free_port()),
-        "LANEWAY_LANE_WEB_PORT": str(free_port()),
-        "LANEWAY_HOLD_DOWN_S": "3",
-    }
-    # Faust's own topics start with the app id, Laneway's with the topic prefix.
-    asyncio.run(delete_topics_with_prefix(bootstrap, f"lwtest-{run_id}.", f"laneway-test-{run_id}"))
+    with suite_env(
+        "test", tmp_path_factory.mktemp("worker-data"), ADMIN_TOKEN, hold_down_s="3"
+    ) as env:
+        yield env
+
+
+@pytest.fixture(scope="session")
+def bootstrap(worker_env: dict) -> str:
+    return worker_env["LANEWAY_KAFKA_BOOTSTRAP"]
 
 
 @pytest.fixture(scope="session")
@@ -82,8 +59,7 @@ def lane_worker(
 ) -> Iterator[WorkerProcess]:
     """The dedicated-lane worker process, beside the session's shared worker."""
     log_dir: Path = tmp_path_factory.mktemp("lane-worker-logs")
-    env = {**worker_env, "LANEWAY_WEB_PORT": worker_env["LANEWAY_LANE_WEB_PORT"]}
-    process = WorkerProcess(env, log_dir / "lane-worker.log", module="agents.lane_worker")
+    process = WorkerProcess.lane(worker_env, log_dir / "lane-worker.log")
     process.start()
     try:
         yield process
@@ -119,7 +95,7 @@ def admin_token() -> str:
 @pytest.fixture
 async def api(worker: WorkerProcess) -> AsyncIterator[Api]:
     """HTTP client for the session worker's web server."""
-    async with Api(f"http://127.0.0.1:{worker.env['LANEWAY_WEB_PORT']}", ADMIN_TOKEN) as client:
+    async with Api.of(worker) as client:
         yield client
 
 
@@ -149,12 +125,7 @@ def second_worker(
     settled with both; after the test it is stopped and the group settles back, so that later
     tests do not run into a rebalance."""
     base = tmp_path_factory.mktemp("second-worker")
-    env = {
-        **worker_env,
-        "LANEWAY_WEB_PORT": str(free_port()),
-        "LANEWAY_MLLP_PORT": str(free_port()),
-        "LANEWAY_DATA_DIR": str(base / "data"),
-    }
+    env = {**worker_env, **fresh_ports(), "LANEWAY_DATA_DIR": str(base / "data")}
     bootstrap, group = worker_env["LANEWAY_KAFKA_BOOTSTRAP"], worker_env["LANEWAY_APP_ID"]
     process = WorkerProcess(env, base / "second-worker.log")
     process.start()

@@ -18,13 +18,7 @@ import pytest
 from streams.hl7.synthetic import SyntheticFeed
 from streams.processing import guess_control_id
 from streams.topics import TopicNames
-from tests.integration.kafka_helpers import (
-    REPO,
-    Api,
-    WorkerProcess,
-    consume_until,
-    free_port,
-)
+from tests.harness import REPO, Api, WorkerProcess, consume_until, free_port, own_worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -61,23 +55,20 @@ def broker(tmp_path: Path) -> Iterator[ThrowawayBroker]:
 async def test_no_positive_ack_while_the_broker_is_down_and_resends_land_once(
     broker: ThrowawayBroker, worker_env: dict, tmp_path: Path
 ) -> None:
-    env = {
-        **worker_env,
-        "LANEWAY_KAFKA_BOOTSTRAP": broker.bootstrap,
-        "LANEWAY_WEB_PORT": str(free_port()),
-        "LANEWAY_MLLP_PORT": str(free_port()),
-        "LANEWAY_DATA_DIR": str(tmp_path / "data"),
-        "LANEWAY_INGEST_TIMEOUT_S": "1",
-    }
+    env = own_worker_env(
+        worker_env,
+        "outage",
+        tmp_path / "data",
+        kafka_bootstrap=broker.bootstrap,
+        ingest_timeout_s="1",
+    )
     topics = TopicNames(env["LANEWAY_TOPIC_PREFIX"])
     worker = WorkerProcess(env, tmp_path / "worker.log")
     worker.start()
     feed = SyntheticFeed(seed=42, control_id_prefix="OUTAGE-", escape_rate=0)
     before, during = feed.messages(20), feed.messages(10)
     try:
-        async with Api(
-            f"http://127.0.0.1:{env['LANEWAY_WEB_PORT']}", env["LANEWAY_ADMIN_TOKEN"]
-        ) as api:
+        async with Api.of(worker) as api:
             tenant = await api.onboard("outage")
             for payload in before:
                 status, _ = await api.send("outage", tenant["token"], payload)

@@ -1,9 +1,10 @@
 """Kafka outages under live traffic: refused while down, served again within seconds, nothing lost.
 
-Each test runs its own throwaway Kafka (bench/outage.py's Scenario: own run dir and ports), one
-worker, and two tenants sending all along: one over MLLP (stop-and-wait, reconnecting), one over
-HTTP, each 20 msg/s with a control id per message, resending refused messages (same bytes)
-until accepted. A failure shows the per-sender answer timeline and the worker's log tail.
+Each test runs its own throwaway Kafka (tests/harness/outage.py's Scenario: own run dir and
+ports), one worker, and two tenants sending all along: one over MLLP (stop-and-wait,
+reconnecting), one over HTTP, each 20 msg/s with a control id per message, resending refused
+messages (same bytes) until accepted. A failure shows the per-sender answer timeline and the
+worker's log tail.
 """
 
 from __future__ import annotations
@@ -15,15 +16,15 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bench.outage import (
+from streams.hl7.synthetic import SyntheticFeed
+from tests.harness import Api
+from tests.harness.outage import (
     FaultKind,
     Scenario,
     ScenarioReport,
     delivery_problems,
     outage_problems,
 )
-from streams.hl7.synthetic import SyntheticFeed
-from tests.integration.kafka_helpers import Api
 
 pytestmark = pytest.mark.integration
 

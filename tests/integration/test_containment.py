@@ -24,10 +24,9 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import DefaultPartitioner
 
-from bench.common import free_port
 from streams.hl7.synthetic import SyntheticFeed, malformed
 from streams.topics import TopicNames
-from tests.integration.kafka_helpers import Api, WorkerProcess, consume_until
+from tests.harness import Api, WorkerProcess, consume_until, own_worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -44,30 +43,27 @@ def small(
 ) -> Iterator[WorkerProcess]:
     """A shared worker of its own (own app id and topics) with a 128 KiB size contract."""
     base = tmp_path_factory.mktemp("small-worker")
-    env = {
-        **worker_env,
-        "LANEWAY_APP_ID": worker_env["LANEWAY_APP_ID"] + "-small",
-        "LANEWAY_TOPIC_PREFIX": worker_env["LANEWAY_TOPIC_PREFIX"] + "small.",
-        "LANEWAY_DATA_DIR": str(base / "data"),
-        "LANEWAY_INGRESS_PARTITIONS": str(PARTITIONS),
-        "LANEWAY_WEB_PORT": str(free_port()),
-        "LANEWAY_MLLP_PORT": str(free_port()),
-        "LANEWAY_LANES_ENABLED": "false",
-        "LANEWAY_MAX_MESSAGE_BYTES": str(MAX_MESSAGE_BYTES),
-    }
+    env = own_worker_env(
+        worker_env,
+        "small",
+        base / "data",
+        ingress_partitions=str(PARTITIONS),
+        lanes_enabled="false",
+        max_message_bytes=str(MAX_MESSAGE_BYTES),
+    )
     with WorkerProcess(env, base / "small-worker.log") as process:
         yield process
 
 
 @pytest.fixture
-async def api(small: WorkerProcess, admin_token: str) -> AsyncIterator[Api]:
-    async with Api(f"http://127.0.0.1:{small.env['LANEWAY_WEB_PORT']}", admin_token) as client:
+async def api(small: WorkerProcess) -> AsyncIterator[Api]:
+    async with Api.of(small) as client:
         yield client
 
 
 @pytest.fixture
 def topics(small: WorkerProcess) -> TopicNames:
-    return TopicNames(small.env["LANEWAY_TOPIC_PREFIX"])
+    return small.topics
 
 
 def partition_of(key: bytes) -> int:

@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaProducer
 from streams.hl7.synthetic import SyntheticFeed
 from streams.processing import guess_control_id
 from streams.topics import TopicNames
-from tests.integration.kafka_helpers import Api, WorkerProcess, consume_until, free_port
+from tests.harness import Api, WorkerProcess, consume_until, own_worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -24,21 +24,13 @@ async def test_worker_killed_mid_stream_loses_nothing(
     worker_env: dict, producer: AIOKafkaProducer, bootstrap: str, tmp_path: Path, admin_token: str
 ) -> None:
     # A worker of its own (own app id and topics), so the kill cannot disturb other tests.
-    env = {
-        **worker_env,
-        "LANEWAY_APP_ID": worker_env["LANEWAY_APP_ID"] + "-crash",
-        "LANEWAY_TOPIC_PREFIX": worker_env["LANEWAY_TOPIC_PREFIX"] + "crash.",
-        # One process under test: no lane worker, so this burst must not be promoted.
-        "LANEWAY_LANES_ENABLED": "false",
-        # Ports of its own: the session's worker may be running beside it.
-        "LANEWAY_WEB_PORT": str(free_port()),
-        "LANEWAY_MLLP_PORT": str(free_port()),
-    }
+    # One process under test: no lane worker, so this burst must not be promoted.
+    env = own_worker_env(worker_env, "crash", tmp_path / "data", lanes_enabled="false")
     topics = TopicNames(env["LANEWAY_TOPIC_PREFIX"])
     worker = WorkerProcess(env, tmp_path / "worker.log")
     worker.start()
     # Unknown tenants' records are never emitted (docs/limits.md): onboard them first.
-    async with Api(f"http://127.0.0.1:{env['LANEWAY_WEB_PORT']}", admin_token) as api:
+    async with Api.of(worker) as api:
         for tenant in TENANTS:
             await api.onboard(tenant)
     sent: dict[str, list[str]] = {}

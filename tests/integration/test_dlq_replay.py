@@ -25,8 +25,8 @@ from agents.dlq_replay import PendingWrite, ReplayPosition
 from streams.hl7.synthetic import SyntheticFeed
 from streams.processing import guess_control_id
 from streams.topics import TopicNames
-from tests.integration.kafka_helpers import Api, consume_until
-from tests.integration.quiet_tenant import quiet_tenant
+from tests.harness import Api, consume_until
+from tests.harness.quiet_tenant import quiet_tenant
 from tests.integration.test_no_mirroring import read_topic
 
 pytestmark = pytest.mark.integration

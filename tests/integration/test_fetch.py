@@ -23,14 +23,7 @@ from streams.hl7.synthetic import SyntheticFeed, batch
 from streams.masking import THIN_KEYS
 from streams.processing import guess_control_id
 from streams.topics import TopicNames
-from tests.integration.kafka_helpers import (
-    FAUST,
-    REPO,
-    Api,
-    WorkerProcess,
-    consume_until,
-    free_port,
-)
+from tests.harness import FAUST, REPO, Api, WorkerProcess, consume_until, own_worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -198,22 +191,19 @@ async def test_a_record_aged_out_of_retention_is_410_gone(
     tmp_path: Path,
 ) -> None:
     # A worker with topics of its own: deleting ingress records cannot touch other tests' data.
-    env = {
-        **worker_env,
-        "LANEWAY_APP_ID": worker_env["LANEWAY_APP_ID"] + "-fetch",
-        "LANEWAY_TOPIC_PREFIX": worker_env["LANEWAY_TOPIC_PREFIX"] + "fetch.",
-        "LANEWAY_INGRESS_PARTITIONS": "1",
-        "LANEWAY_LANES_ENABLED": "false",
-        "LANEWAY_WEB_PORT": str(free_port()),
-        "LANEWAY_MLLP_PORT": str(free_port()),
-        "LANEWAY_DATA_DIR": str(tmp_path / "data"),
-    }
+    env = own_worker_env(
+        worker_env,
+        "fetch",
+        tmp_path / "data",
+        ingress_partitions="1",
+        lanes_enabled="false",
+    )
     topics = TopicNames(env["LANEWAY_TOPIC_PREFIX"])
     own_worker = WorkerProcess(env, tmp_path / "worker.log")
     own_worker.start()
     try:
         async with (
-            Api(f"http://127.0.0.1:{env['LANEWAY_WEB_PORT']}", admin_token) as own_api,
+            Api.of(own_worker) as own_api,
             aiohttp.ClientSession() as session,
         ):
             tenant = await own_api.onboard(unique("aged"))

@@ -1,7 +1,7 @@
 """Fuzzed ingest on the real worker and broker: hypothesis-generated MLLP traffic and HTTP bodies
-of every fault class (bench/faults.py: oversize, multi-message, mixed identities, binary junk,
-encodings, malformed segments, short MSH, partial frames, slow writes) sent to one tenant while a
-quiet tenant on the same ingress partition streams beside it.
+of every fault class (tests/harness/faults.py: oversize, multi-message, mixed identities, binary
+junk, encodings, malformed segments, short MSH, partial frames, slow writes) sent to one tenant
+while a quiet tenant on the same ingress partition streams beside it.
 
 Every fault input is accounted for (refused with a reason or the connection closed for its
 framing, or accepted and then in the tenant's out or DLQ exactly once; nothing in any other
@@ -26,7 +26,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from bench.faults import (
+from tests.harness import Api, WorkerProcess
+from tests.harness.faults import (
     FAULT_CLASSES,
     MAX_MESSAGE_BYTES,
     P99_RATIO_TARGET,
@@ -35,9 +36,7 @@ from bench.faults import (
     Outcome,
     p99_ms,
 )
-from streams.topics import TopicNames
-from tests.integration.kafka_helpers import Api, WorkerProcess
-from tests.integration.quiet_tenant import quiet_tenant
+from tests.harness.quiet_tenant import quiet_tenant
 from tests.integration.test_mllp import own_worker  # noqa: F401  (a fixture, used by name)
 
 pytestmark = pytest.mark.integration
@@ -52,7 +51,7 @@ EXAMPLE_TIMEOUT_S = 60.0
 
 
 class HypothesisDraw:
-    """bench.faults.Draw over hypothesis' `data()`: the inputs' choices come from hypothesis."""
+    """The harness's fault `Draw` over hypothesis' `data()`: hypothesis makes the choices."""
 
     def __init__(self, data: st.DataObject) -> None:
         self.data = data
@@ -74,7 +73,7 @@ async def small_api(
 ) -> AsyncIterator[tuple[Api, WorkerProcess]]:
     """A worker of its own with a 64 KiB size contract (no lane worker: lanes off)."""
     worker = own_worker(max_message_bytes=str(MAX_MESSAGE_BYTES), lanes_enabled="false")
-    async with Api(f"http://127.0.0.1:{worker.env['LANEWAY_WEB_PORT']}", admin_token) as api:
+    async with Api.of(worker) as api:
         yield api, worker
 
 
@@ -105,7 +104,7 @@ async def test_fuzzed_faults_are_accounted_for_and_the_quiet_tenant_keeps_its_pa
     small_api: tuple[Api, WorkerProcess], bootstrap: str
 ) -> None:
     api, worker = small_api
-    topics = TopicNames(worker.env["LANEWAY_TOPIC_PREFIX"])
+    topics = worker.topics
     async with quiet_tenant(api, bootstrap, topics) as quiet:
         scene = await FaultScene.onboard(
             api,

@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 
 from streams.topics import TopicNames
-from tests.integration.kafka_helpers import Api, WorkerProcess, consume_until
-from tests.integration.quiet_tenant import quiet_tenant
-from tests.integration.test_mllp import Sender, connection, message
+from tests.harness import Api, Sender, WorkerProcess, connection, consume_until, message
+from tests.harness.quiet_tenant import quiet_tenant
 
 pytestmark = pytest.mark.integration
 

@@ -23,8 +23,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from streams.mllp import frame
 from streams.topics import TopicNames
-from tests.integration.kafka_helpers import Api, WorkerProcess, consume_until
-from tests.integration.test_mllp import Ack, Sender, connection, message
+from tests.harness import Ack, Api, Sender, WorkerProcess, connection, consume_until, message
 
 pytestmark = pytest.mark.integration
 

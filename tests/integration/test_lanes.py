@@ -18,7 +18,7 @@ from streams.hl7.synthetic import SyntheticFeed
 from streams.processing import guess_control_id
 from streams.settings import Settings
 from streams.topics import TopicNames
-from tests.integration.kafka_helpers import Api, WorkerProcess, consume_until
+from tests.harness import Api, WorkerProcess, consume_until
 
 pytestmark = pytest.mark.integration
 

@@ -21,12 +21,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from bench.common import free_port
 from streams.hl7.synthetic import SyntheticFeed, malformed
 from streams.processing import guess_control_id
 from streams.topics import TopicNames
-from tests.integration.kafka_helpers import Api, WorkerProcess, consume_until
-from tests.integration.quiet_tenant import quiet_tenant
+from tests.harness import Api, WorkerProcess, consume_until, own_worker_env
+from tests.harness.quiet_tenant import quiet_tenant
 from tests.integration.test_containment import PARTITIONS, partition_of, tenant_on
 
 pytestmark = pytest.mark.integration
@@ -40,30 +39,26 @@ def lifecycle_worker(
     worker_env: dict, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerProcess]:
     base = tmp_path_factory.mktemp("lifecycle-worker")
-    env = {
-        **worker_env,
-        "LANEWAY_APP_ID": worker_env["LANEWAY_APP_ID"] + "-lifecycle",
-        "LANEWAY_TOPIC_PREFIX": worker_env["LANEWAY_TOPIC_PREFIX"] + "lifecycle.",
-        "LANEWAY_DATA_DIR": str(base / "data"),
-        "LANEWAY_INGRESS_PARTITIONS": str(PARTITIONS),
-        "LANEWAY_WEB_PORT": str(free_port()),
-        "LANEWAY_MLLP_PORT": str(free_port()),
-        "LANEWAY_LANES_ENABLED": "false",  # no lane worker beside this one
-    }
+    env = own_worker_env(
+        worker_env,
+        "lifecycle",
+        base / "data",
+        ingress_partitions=str(PARTITIONS),
+        lanes_enabled="false",  # no lane worker beside this one
+    )
     with WorkerProcess(env, base / "lifecycle-worker.log") as process:
         yield process
 
 
 @pytest.fixture
-async def api(lifecycle_worker: WorkerProcess, admin_token: str) -> AsyncIterator[Api]:
-    port = lifecycle_worker.env["LANEWAY_WEB_PORT"]
-    async with Api(f"http://127.0.0.1:{port}", admin_token) as client:
+async def api(lifecycle_worker: WorkerProcess) -> AsyncIterator[Api]:
+    async with Api.of(lifecycle_worker) as client:
         yield client
 
 
 @pytest.fixture
 def topics(lifecycle_worker: WorkerProcess) -> TopicNames:
-    return TopicNames(lifecycle_worker.env["LANEWAY_TOPIC_PREFIX"])
+    return lifecycle_worker.topics
 
 
 def good(prefix: str) -> bytes:

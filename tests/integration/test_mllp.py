@@ -7,13 +7,11 @@ worker's listener on `LANEWAY_MLLP_PORT`. All messages are synthetic.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
 import time
 import uuid
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,14 +20,25 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.mllp import Frame, FramingError, FramingErrorKind, MllpDecoder, frame
 from streams.topics import TopicNames
-from tests.integration.kafka_helpers import FAUST, Api, WorkerProcess, consume_until, free_port
+from tests.harness import (
+    ACK_TIMEOUT_S,
+    FAUST,
+    UNKNOWN_SENDER,
+    Ack,
+    Api,
+    Sender,
+    WorkerProcess,
+    connection,
+    consume_until,
+    message,
+    own_worker_env,
+    parse_ack,
+)
 
 pytestmark = pytest.mark.integration
 
 MLLP_SEND = FAUST.with_name("mllp_send")
-ACK_TIMEOUT_S = 15.0
 ARRIVAL_TIMEOUT_S = 60.0
-READ_BYTES = 64 * 1024
 REFUSALS = frozenset(("AE", "AR"))
 # The session worker keeps the default size contract and frame limit (4 MiB each).
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -37,144 +46,9 @@ OVERSIZE_FRAME_BYTES = 10 * 1024 * 1024
 
 
 @dataclass(frozen=True)
-class Sender:
-    application: str  # MSH-3.1
-    facility: str  # MSH-4.1
-
-
-@dataclass(frozen=True)
 class Tenant:
     id: str
     sender: Sender
-
-
-UNKNOWN_SENDER = Sender("NOBODY", "NOWHERE")
-
-
-def message(
-    sender: Sender,
-    control_id: str,
-    *,
-    version: str = "2.5",
-    accept_ack: str = "",
-    application_ack: str = "",
-    message_type: str = "ADT^A01^ADT_A01",
-    encoding_characters: str = "^~\\&",
-) -> bytes:
-    """A small synthetic ADT with the MSH fields a test varies; segments end with CR."""
-    msh = [
-        "MSH",
-        encoding_characters,
-        sender.application,
-        sender.facility,
-        "LANEWAY",
-        "LANEWAY_HUB",
-        "20240101120000",
-        "",
-        message_type,
-        control_id,
-        "P",
-        version,
-        "",
-        "",
-        accept_ack,
-        application_ack,
-    ]
-    segments = [
-        "|".join(msh),
-        "EVN|A01|20240101120000",
-        "PID|1||MRN0000001^^^SIM^MR||TESTPATIENT^ALPHA||19800101|F",
-        "PV1|1|I|WARD3^101^A^SIMHOSP",
-    ]
-    return ("\r".join(segments) + "\r").encode()
-
-
-@dataclass(frozen=True)
-class Ack:
-    msh: list[str]  # MSH-n at index n
-    msa: list[str]  # MSA-n at index n
-    has_err: bool
-
-    @property
-    def code(self) -> str:
-        return self.msa[1]
-
-    @property
-    def acked_id(self) -> str:
-        return self.msa[2]
-
-
-def parse_ack(payload: bytes) -> Ack:
-    segments = payload.decode("utf-8", "replace").rstrip("\r").split("\r")
-    assert segments[0].startswith("MSH"), segments[0][:3]
-    separator = segments[0][3]
-    msh = segments[0].split(separator)
-    msh.insert(1, separator)
-    others = {segment[:3]: segment.split(separator) for segment in segments[1:]}
-    return Ack(msh, others["MSA"], "ERR" in others)
-
-
-class MllpClient:
-    """A plain asyncio MLLP sender: frames out, ACKs in, and a view of how the connection ends."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
-        self._decoder = MllpDecoder(1024 * 1024)
-        self._received: deque[bytes] = deque()
-
-    async def send(self, *messages: bytes) -> None:
-        await self.send_raw(b"".join(frame(m) for m in messages))
-
-    async def send_raw(self, data: bytes) -> None:
-        self._writer.write(data)
-        await self._writer.drain()
-
-    async def ack(self) -> Ack:
-        """The next ACK; fails if the listener closes the connection instead."""
-        async with asyncio.timeout(ACK_TIMEOUT_S):
-            while not self._received:
-                data = await self._reader.read(READ_BYTES)
-                assert data, "the listener closed the connection instead of answering"
-                self._take(data)
-        return parse_ack(self._received.popleft())
-
-    async def exchange(self, payload: bytes) -> Ack:
-        await self.send(payload)
-        return await self.ack()
-
-    async def acks_until_closed(self) -> list[Ack]:
-        """Every ACK still to come, until the listener closes; fails if it keeps it open."""
-        async with asyncio.timeout(ACK_TIMEOUT_S):
-            with contextlib.suppress(ConnectionResetError):  # a close with our bytes unread
-                while data := await self._reader.read(READ_BYTES):
-                    self._take(data)
-        acks = [parse_ack(payload) for payload in self._received]
-        self._received.clear()
-        return acks
-
-    def finish_sending(self) -> None:
-        """Half-close: the listener reads EOF, while we can still read its answers."""
-        self._writer.write_eof()
-
-    def _take(self, data: bytes) -> None:
-        for event in self._decoder.feed(data):
-            assert isinstance(event, Frame), f"the listener broke MLLP framing: {event.kind}"
-            self._received.append(event.payload)
-
-
-@contextlib.asynccontextmanager
-async def connection(port: int, source: str | None = None) -> AsyncIterator[MllpClient]:
-    """A connection to the listener, from `source` (another loopback address, e.g. 127.0.0.2,
-    for a distinct source address) if given."""
-    local_addr = None if source is None else (source, 0)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=local_addr)
-    try:
-        yield MllpClient(reader, writer)
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
 
 
 def listener_failures(worker: WorkerProcess) -> list[str]:
@@ -595,15 +469,7 @@ def own_worker(worker_env: dict, tmp_path: Path) -> Iterator[Callable[..., Worke
 
     def start(**settings: str) -> WorkerProcess:
         name = f"own{len(started)}"
-        env = {
-            **worker_env,
-            "LANEWAY_APP_ID": f"{worker_env['LANEWAY_APP_ID']}-{name}",
-            "LANEWAY_TOPIC_PREFIX": f"{worker_env['LANEWAY_TOPIC_PREFIX']}{name}.",
-            "LANEWAY_WEB_PORT": str(free_port()),
-            "LANEWAY_MLLP_PORT": str(free_port()),
-            "LANEWAY_DATA_DIR": str(tmp_path / name),
-            **{f"LANEWAY_{key.upper()}": value for key, value in settings.items()},
-        }
+        env = own_worker_env(worker_env, name, tmp_path / name, **settings)
         process = WorkerProcess(env, tmp_path / f"{name}.log")
         started.append(process)
         process.start()

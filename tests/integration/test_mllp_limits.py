@@ -18,10 +18,18 @@ from pathlib import Path
 import pytest
 
 from streams.mllp import frame
-from streams.topics import TopicNames
-from tests.integration.kafka_helpers import Api, WorkerProcess, free_port
-from tests.integration.quiet_tenant import MAX_LATENCY_S, quiet_tenant
-from tests.integration.test_mllp import Ack, MllpClient, Sender, connection, message, onboard
+from tests.harness import (
+    Ack,
+    Api,
+    MllpClient,
+    Sender,
+    WorkerProcess,
+    connection,
+    message,
+    own_worker_env,
+)
+from tests.harness.quiet_tenant import MAX_LATENCY_S, quiet_tenant
+from tests.integration.test_mllp import onboard
 from tests.integration.test_stats import get, poll, scrape
 
 pytestmark = pytest.mark.integration
@@ -44,16 +52,7 @@ def own_worker(
     worker_env: dict, base: Path, name: str, **settings: str
 ) -> contextlib.AbstractContextManager[WorkerProcess]:
     """A shared worker of its own (own app id, topics, ports; lanes off) with extra settings."""
-    env = {
-        **worker_env,
-        "LANEWAY_APP_ID": f"{worker_env['LANEWAY_APP_ID']}-{name}",
-        "LANEWAY_TOPIC_PREFIX": f"{worker_env['LANEWAY_TOPIC_PREFIX']}{name}.",
-        "LANEWAY_DATA_DIR": str(base / "data"),
-        "LANEWAY_WEB_PORT": str(free_port()),
-        "LANEWAY_MLLP_PORT": str(free_port()),
-        "LANEWAY_LANES_ENABLED": "false",
-        **{f"LANEWAY_{key.upper()}": value for key, value in settings.items()},
-    }
+    env = own_worker_env(worker_env, name, base / "data", lanes_enabled="false", **settings)
     return WorkerProcess(env, base / f"{name}.log")
 
 
@@ -90,7 +89,7 @@ class Scene:
 
     def __init__(self, worker: WorkerProcess, api: Api) -> None:
         self.worker, self.api = worker, api
-        self.topics = TopicNames(worker.env["LANEWAY_TOPIC_PREFIX"])
+        self.topics = worker.topics
         self.port = int(worker.env["LANEWAY_MLLP_PORT"])
 
     async def metrics(self) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -118,7 +117,7 @@ class Scene:
 
 @contextlib.asynccontextmanager
 async def scene(worker: WorkerProcess, admin_token: str) -> AsyncIterator[Scene]:
-    async with Api(f"http://127.0.0.1:{worker.env['LANEWAY_WEB_PORT']}", admin_token) as api:
+    async with Api.of(worker) as api:
         yield Scene(worker, api)
 
 

@@ -24,18 +24,22 @@ import aiohttp
 import pytest
 
 from streams.topics import TopicNames
-from tests.integration.kafka_helpers import Api, WorkerProcess, consume_until, free_port
-from tests.integration.quiet_tenant import QuietTenant, quiet_tenant
-from tests.integration.test_containment import partition_of, tenant_on
-from tests.integration.test_mllp import (
+from tests.harness import (
     ACK_TIMEOUT_S,
     READ_BYTES,
     Ack,
+    Api,
     MllpClient,
     Sender,
-    listener_failures,
+    WorkerProcess,
+    consume_until,
+    free_port,
     message,
+    own_worker_env,
 )
+from tests.harness.quiet_tenant import QuietTenant, quiet_tenant
+from tests.integration.test_containment import partition_of, tenant_on
+from tests.integration.test_mllp import listener_failures
 from tests.unit.test_tls import Pki
 
 pytestmark = pytest.mark.integration
@@ -51,19 +55,16 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 def tls_worker_env(worker_env: dict, pki: Pki, base: Path, name: str) -> dict[str, str]:
     """A worker of its own (app id, topics under the session's, so its clean-up removes them)
     with TLS on a port of its own and client certificates verified against the test CA."""
-    return {
-        **worker_env,
-        "LANEWAY_APP_ID": f"{worker_env['LANEWAY_APP_ID']}-{name}",
-        "LANEWAY_TOPIC_PREFIX": f"{worker_env['LANEWAY_TOPIC_PREFIX']}{name}.",
-        "LANEWAY_DATA_DIR": str(base / "data"),
-        "LANEWAY_WEB_PORT": str(free_port()),
-        "LANEWAY_MLLP_PORT": str(free_port()),
-        "LANEWAY_MLLP_TLS_PORT": str(free_port()),
-        "LANEWAY_MLLP_TLS_CERT_FILE": str(pki.server[0]),
-        "LANEWAY_MLLP_TLS_KEY_FILE": str(pki.server[1]),
-        "LANEWAY_MLLP_TLS_CLIENT_CA_FILE": str(pki.ca),
-        "LANEWAY_LANES_ENABLED": "false",
-    }
+    return own_worker_env(
+        worker_env,
+        name,
+        base / "data",
+        mllp_tls_port=str(free_port()),
+        mllp_tls_cert_file=str(pki.server[0]),
+        mllp_tls_key_file=str(pki.server[1]),
+        mllp_tls_client_ca_file=str(pki.ca),
+        lanes_enabled="false",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +115,7 @@ class Scene:
 @contextlib.asynccontextmanager
 async def scene(worker: WorkerProcess, admin_token: str, bootstrap: str) -> AsyncIterator[Scene]:
     """On exit, checks that the quiet tenant kept streaming (quiet_tenant)."""
-    topics = TopicNames(worker.env["LANEWAY_TOPIC_PREFIX"])
+    topics = worker.topics
     web = f"http://127.0.0.1:{worker.env['LANEWAY_WEB_PORT']}"
     async with Api(web, admin_token) as api, quiet_tenant(api, bootstrap, topics) as quiet:
         plain_port, tls_port = (int(worker.env[f"LANEWAY_MLLP_{p}PORT"]) for p in ("", "TLS_"))

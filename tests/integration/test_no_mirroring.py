@@ -43,7 +43,7 @@ from agents import build_lane_worker, build_worker
 from agents.dashboard import ASSETS
 from streams.settings import Settings
 from streams.topics import TopicNames
-from tests.integration.kafka_helpers import Api, WorkerProcess, consume_until, free_port
+from tests.harness import Api, WorkerProcess, consume_until, own_worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -132,20 +132,15 @@ def onboarding(sender: tuple[str, str]) -> dict[str, dict[str, Any]]:
 def worker_processes(
     worker_env: dict, admin_token: str, base: Path
 ) -> tuple[dict[str, str], WorkerProcess, WorkerProcess]:
-    env = {
-        **worker_env,
-        "LANEWAY_APP_ID": worker_env["LANEWAY_APP_ID"] + "-nomirror",
-        "LANEWAY_TOPIC_PREFIX": worker_env["LANEWAY_TOPIC_PREFIX"] + "nomirror.",
-        "LANEWAY_DATA_DIR": str(base / "data"),
-        "LANEWAY_ADMIN_TOKEN": admin_token,
-        "LANEWAY_WEB_PORT": str(free_port()),
-        "LANEWAY_MLLP_PORT": str(free_port()),
-        "LANEWAY_LANE_WEB_PORT": str(free_port()),
-        "LANEWAY_MASK_SECRET": secrets.token_hex(16),
-        "LANEWAY_HOLD_DOWN_S": "600",  # the promoted tenant stays put while the bulk flows
-    }
-    lane_env = {**env, "LANEWAY_WEB_PORT": env["LANEWAY_LANE_WEB_PORT"]}
-    lane = WorkerProcess(lane_env, base / "lane-worker.log", module="agents.lane_worker")
+    env = own_worker_env(
+        worker_env,
+        "nomirror",
+        base / "data",
+        admin_token=admin_token,
+        mask_secret=secrets.token_hex(16),
+        hold_down_s="600",  # the promoted tenant stays put while the bulk flows
+    )
+    lane = WorkerProcess.lane(env, base / "lane-worker.log")
     shared = WorkerProcess(env, base / "worker.log")
     return env, shared, lane
 
@@ -277,7 +272,7 @@ async def test_no_message_content_reaches_state_logs_topics_or_views(
         await producer.flush()
 
     try:
-        async with Api(f"http://127.0.0.1:{env['LANEWAY_WEB_PORT']}", admin_token) as api:
+        async with Api.of(shared_worker) as api:
             tenants: dict[str, Tenant] = {}
             for name, fields in onboarding(sender).items():
                 answer = await api.onboard(f"nm-{name}-{suffix}", **fields)

@@ -13,7 +13,7 @@ from streams.hl7.synthetic import MALFORMED_KINDS, SyntheticFeed, batch, malform
 from streams.processing import HEADER_IDEMPOTENCY_KEY, HEADER_TENANT, guess_control_id
 from streams.records import DlqRecord, NormalizedEvent
 from streams.topics import TopicNames
-from tests.integration.kafka_helpers import Api, WorkerProcess, consume_until
+from tests.harness import Api, WorkerProcess, consume_until
 
 pytestmark = pytest.mark.integration
 

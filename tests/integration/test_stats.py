@@ -25,7 +25,7 @@ from streams.hl7.synthetic import SyntheticFeed
 from streams.mllp import Frame, MllpDecoder, frame
 from streams.topics import TopicNames
 from streams.volume import TenantVolume
-from tests.integration.kafka_helpers import REPO, Api, WorkerProcess
+from tests.harness import REPO, Api, WorkerProcess
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import pytest
 from streams.hl7.synthetic import SyntheticFeed, malformed
 from streams.processing import guess_control_id
 from streams.topics import TopicNames
-from tests.integration.kafka_helpers import Api, WorkerProcess, consume_until
+from tests.harness import Api, WorkerProcess, consume_until
 
 pytestmark = pytest.mark.integration
 

@@ -1,5 +1,6 @@
-"""The pure parts of bench/faults.py: the ACK oracle, the accounting of fault inputs, the stall
-rule and the quiet tenant's p99. A measure that cannot see a fault would pass every run."""
+"""The pure parts of tests/harness/faults.py, which bench.faults measures with: the ACK oracle,
+the accounting of fault inputs, the stall rule and the quiet tenant's p99. A measure that cannot
+see a fault would pass every run."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import random
 
 import pytest
 
-from bench.faults import (
+from streams.mllp import frame
+from streams.topics import TopicNames
+from tests.harness import Ack, Sender, message
+from tests.harness.faults import (
     FAULT_CLASSES,
     MAX_MESSAGE_BYTES,
     FaultCase,
@@ -20,11 +24,8 @@ from bench.faults import (
     p99_ms,
     stall_runs,
 )
-from bench.outage import Tenant
-from streams.mllp import frame
-from streams.topics import TopicNames
-from tests.integration.quiet_tenant import QuietTenant
-from tests.integration.test_mllp import Ack, Sender, message
+from tests.harness.outage import Tenant
+from tests.harness.quiet_tenant import QuietTenant
 
 FRAME_LIMIT = 4 * 1024 * 1024
 LIMIT_TEXT = f"Message exceeds the {MAX_MESSAGE_BYTES}-byte limit"

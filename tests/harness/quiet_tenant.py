@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.hl7.synthetic import SyntheticFeed
 from streams.topics import TopicNames
-from tests.integration.kafka_helpers import Api
+from tests.harness import Api
 
 SEND_INTERVAL_S = 0.05
 # "Within a few seconds" on a shared 2-core machine where other suites run at the same time.
