@@ -13,7 +13,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from streams.hl7.synthetic import SyntheticFeed
 from streams.settings import Settings
 from streams.topics import TopicTable
-from tests.integration.kafka_helpers import Api, WorkerProcess, consume_until
+from tests.harness import Api, WorkerProcess, consume_until
 
 pytestmark = pytest.mark.integration
 
