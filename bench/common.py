@@ -58,6 +58,7 @@ def run_bench(
 
     A failure (a BenchError, or a harness process that died or never got ready) exits 1 and an
     interrupt 130; the benchmarks clean up their processes and topics on the way out either way.
+    Results that list `targets_missed` exit 1 too, naming each.
     """
     try:
         results = asyncio.run(bench(args))
@@ -69,6 +70,11 @@ def run_bench(
         sys.exit(130)
     (RESULTS_DIR / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     print(summary(results))
+    missed = results.get("targets_missed", [])
+    for target in missed:
+        log(f"target missed: {target}")
+    if missed:
+        sys.exit(1)
 
 
 def targets_verdict(name: str, results: dict[str, Any]) -> str:
@@ -76,15 +82,6 @@ def targets_verdict(name: str, results: dict[str, Any]) -> str:
     missed = results["targets_missed"]
     verdict = f"MISSED: {', '.join(missed)}" if missed else "all targets met"
     return f"{verdict} -> bench/results/{name}.json, {name}.png"
-
-
-def exit_on_missed_targets(name: str) -> None:
-    """Exit 1, naming each one, if bench/results/<name>.json lists targets missed."""
-    missed = json.loads((RESULTS_DIR / f"{name}.json").read_text())["targets_missed"]
-    for target in missed:
-        log(f"target missed: {target}")
-    if missed:
-        sys.exit(1)
 
 
 def encode_source(partition: int, offset: int) -> bytes:
