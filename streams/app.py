@@ -1,4 +1,4 @@
-"""The Faust app factory. Agents and views are installed onto the app by `agents.build_worker`."""
+"""The Faust app factory. The entry points in `agents/` install agents and views onto the app."""
 
 from __future__ import annotations
 

@@ -97,7 +97,7 @@ def decide(
     """The move to make now, or None.
 
     `lane_loads` has one entry per dedicated lane.
-    Never changes `assignment.lane` (that is `LaneBook.apply`), but keeps its bookkeeping: the
+    Never changes `assignment.lane` (`LaneAssignments.apply` does), but keeps its bookkeeping: the
     hold-down clock `calm_since`, and `pin_held` once traffic alone would keep the tenant.
     """
     if assignment.pinned != "auto":
@@ -159,7 +159,7 @@ def _leave_or_enter(
     return LaneMove(assignment.tenant, current, target, reason, now)
 
 
-class LaneBook:
+class LaneAssignments:
     """tenant id -> LaneAssignment, kept only for tenants outside the shared lane or pinned.
 
     Every other tenant is in the shared lane and costs nothing here.

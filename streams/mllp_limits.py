@@ -1,7 +1,7 @@
 """MLLP resource limits, without sockets: connection caps, the partial-frame deadline and the
 budget of bytes that partial frames hold across all connections.
 
-The listener (agents/mllp_listener.py) asks a `ConnectionGate` before it serves a connection,
+The listener (agents/ingest/mllp.py) asks a `ConnectionGate` before it serves a connection,
 charges a `FrameClock` while a frame waits for its sender, and takes room from a `BufferBudget`
 before it buffers more of a partial frame. What a sender gets when a limit is hit is in
 docs/limits.md ("MLLP connection limits").

@@ -72,7 +72,7 @@ class Origin(NamedTuple):
     message: bytes | None = None  # the message's bytes in a batch record; None: the whole value
 
 
-class OutputRecord(NamedTuple):
+class OutgoingRecord(NamedTuple):
     topic: str
     key: bytes
     value: bytes
@@ -83,14 +83,14 @@ class OutputRecord(NamedTuple):
     reason: str = ""  # a DLQ record's reason
 
 
-def forward_to_lane(record: IngressRecord, lane_topic: str, partition: int = 0) -> OutputRecord:
+def forward_to_lane(record: IngressRecord, lane_topic: str, partition: int = 0) -> OutgoingRecord:
     """The ingress record as it is handed to a lane: same key, bytes and incarnation header,
     plus its origin."""
     origin = f"{record.topic}|{record.partition}|{record.offset}|{record.timestamp_ms}"
     headers = [(HEADER_SOURCE, origin.encode())]
     if record.incarnation is not None:
         headers.append((HEADER_INCARNATION, record.incarnation.encode()))
-    return OutputRecord(
+    return OutgoingRecord(
         topic=lane_topic,
         key=record.key or b"",
         value=record.value or b"",
@@ -131,7 +131,7 @@ def process_records(
     *,
     unknown: Callable[[IngressRecord], bool] | None = None,
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
-) -> list[OutputRecord]:
+) -> list[OutgoingRecord]:
     """The outputs of a batch of records, in order; no record can stop the others.
 
     A tenant's record that `unknown` names (its tenant unknown or deleted, or the record stamped
@@ -139,7 +139,7 @@ def process_records(
     config its masks are unknown, so it is never emitted. An exception while processing a
     record (a bug) parks that record with reason `internal_error` (type name only).
     """
-    outputs: list[OutputRecord] = []
+    outputs: list[OutgoingRecord] = []
     for record in records:
         try:
             tenant = tenant_of_key(record.key)
@@ -161,7 +161,7 @@ def park(
     max_value_bytes: int | None = None,
     *,
     unrouted: bool = False,
-) -> OutputRecord:
+) -> OutgoingRecord:
     """The DLQ record that stands in for `origin`'s output: in its tenant's DLQ (the unrouted
     DLQ if the key is no tenant id, or with `unrouted`). It carries the original if the record
     then stays within `max_value_bytes`; without a limit it is by reference."""
@@ -179,7 +179,7 @@ def process_ingress_record(
     topics: TopicNames,
     shapers: Callable[[str], Shaper | None] | None = None,
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
-) -> list[OutputRecord]:
+) -> list[OutgoingRecord]:
     """All outputs for one ingress record, in message order.
 
     `shapers` gives a tenant's output shaping (thin, masked; see `masking.OutputShapers`);
@@ -220,7 +220,7 @@ def _process_message(
     topics: TopicNames,
     shaper: Shaper | None,
     max_value_bytes: int,
-) -> OutputRecord:
+) -> OutgoingRecord:
     try:
         document = event_document(extract(raw), tenant, ref, received_at)
         if shaper is not None:  # inside the try: a masking bug parks the message, never leaks it
@@ -231,7 +231,7 @@ def _process_message(
     except Exception as error:  # even a bug must not stop the tenant's stream: park the message
         dlq_error = error if isinstance(error, Hl7Error) else internal_error(error)
         return park(origin, topics, dlq_error, max_value_bytes)
-    return OutputRecord(
+    return OutgoingRecord(
         topic=topics.out(tenant),
         key=tenant.encode(),
         value=value,
@@ -306,7 +306,7 @@ def _dlq(
     error: Hl7Error,
     origin: Origin,
     max_value_bytes: int | None,
-) -> OutputRecord:
+) -> OutgoingRecord:
     control_id = guess_control_id(original)
     key = ref.idempotency_key(tenant, control_id or "")
     record = DlqRecord(
@@ -327,7 +327,7 @@ def _dlq(
     if max_value_bytes is not None and len(value) + 4 * -(-len(original) // 3) <= max_value_bytes:
         encoded = base64.b64encode(original).decode("ascii")
         value = record.model_copy(update={"original_base64": encoded}).model_dump_json().encode()
-    return OutputRecord(
+    return OutgoingRecord(
         topic=topic,
         key=tenant.encode(),
         value=value,

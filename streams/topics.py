@@ -98,13 +98,13 @@ TOPIC_TABLE: Mapping[str, TopicKind] = MappingProxyType(
     {
         "ingress": TopicKind("tenant id (raw bytes)", partitioned_like_ingress=True),
         # Same partition as in ingress: the worker that processes a tenant's shared lane also
-        # measures and routes it (agents.router).
+        # measures and routes it (agents.lanes.router).
         "shared_lane": TopicKind("tenant id", partitioned_like_ingress=True),
         "dedicated_lane": TopicKind("tenant id"),
         "out": TopicKind("tenant id", retention_ms=OUTPUT_RETENTION_MS),
         "dlq": TopicKind("tenant id", retention_ms=OUTPUT_RETENTION_MS),
         "dlq_unrouted": TopicKind("record key", retention_ms=OUTPUT_RETENTION_MS),
-        # Mirrored whole by every worker (agents.mirror): one total order of changes.
+        # Mirrored whole by every worker (agents.state.mirror): one total order of changes.
         "tenants": TopicKind("tenant id", compacted=True),
         "tenant_state": TopicKind("tenant id", compacted=True),
         "control": TopicKind("tenant id"),

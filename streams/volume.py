@@ -257,7 +257,7 @@ class TenantVolume:
 _IDLE = TenantVolume().rates(0.0)
 
 
-class VolumeBook:
+class TenantVolumes:
     """tenant id -> TenantVolume, made on first traffic: a tenant that never sent costs nothing."""
 
     __slots__ = ("_volumes",)

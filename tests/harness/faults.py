@@ -166,7 +166,7 @@ def expected_acks(data: bytes, frame_limit: int) -> int:
     """ACKs due for `data` sent on one connection and then half-closed: one per message of
     each frame (one for a frame that cannot be split), one for an oversize frame, after which
     the listener closes, as it does at broken framing; garbage and an unfinished frame get
-    nothing (agents/mllp_listener.py; all messages here ask for original-mode ACKs)."""
+    nothing (agents/ingest/mllp.py; all messages here ask for original-mode ACKs)."""
     count = 0
     for event in MllpDecoder(frame_limit).feed(data):
         if isinstance(event, Frame):

@@ -320,7 +320,7 @@ async def test_fifty_connections_of_twenty_messages_all_get_aa(
     assert sorted(arrived) == sorted(c for answers in per_connection for _, c in answers)
 
 
-# Bad input, each with its documented answer (see agents/mllp_listener.py).
+# Bad input, each with its documented answer (see agents/ingest/mllp.py).
 
 
 async def truncated_frames_then_disconnect(port: int, sender: Sender) -> None:

@@ -39,8 +39,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from faust.web import View
 from rocksdict import AccessType, Options, Rdict
 
-from agents import build_lane_worker, build_worker
-from agents.dashboard import ASSETS
+from agents.lane_worker import build_lane_worker
+from agents.web.dashboard import ASSETS
+from agents.worker import build_worker
 from streams.settings import Settings
 from streams.topics import TopicNames
 from tests.harness import Api, WorkerProcess, consume_until, own_worker_env

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client.parser import text_string_to_metric_families
 
-from agents.stats_api import current_rates
+from agents.web.stats import current_rates
 from streams.hl7.synthetic import SyntheticFeed
 from streams.mllp import Frame, MllpDecoder, frame
 from streams.topics import TopicNames

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agents import build_lane_worker, build_worker
+from agents.lane_worker import build_lane_worker
+from agents.worker import build_worker
 from streams.app import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES
 from streams.settings import Settings
 

@@ -24,9 +24,9 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 
-from agents import publisher as publisher_module
-from agents.publisher import OutputPublisher, refused_as_final
-from agents.router import Router, servable_lane
+from agents.lanes.router import Router, servable_lane
+from agents.state import publisher as publisher_module
+from agents.state.publisher import BatchPublisher, refused_as_final
 from streams import processing
 from streams.app import create_app
 from streams.hl7 import Hl7Error, extract
@@ -38,7 +38,7 @@ from streams.processing import (
     UNKNOWN_TENANT,
     IngressRecord,
     Origin,
-    OutputRecord,
+    OutgoingRecord,
     lane_record_origin,
     park,
     process_ingress_record,
@@ -60,7 +60,7 @@ def messages(count: int) -> list[bytes]:
     return [feed.next_message() for _ in range(count)]
 
 
-def dlq(output: OutputRecord) -> DlqRecord:
+def dlq(output: OutgoingRecord) -> DlqRecord:
     assert output.is_dlq
     return DlqRecord.model_validate_json(output.value)
 
@@ -219,12 +219,12 @@ class FakeProducer:
 @pytest.fixture
 def publisher(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Callable[[FakeProducer], OutputPublisher]:
+) -> Callable[[FakeProducer], BatchPublisher]:
     app = create_app(Settings(_env_file=None, data_dir=tmp_path, web_port=6141))  # type: ignore[call-arg]
     monkeypatch.setattr(publisher_module, "_RETRY_FIRST_DELAY_S", 0.001)
 
-    def build(fake: FakeProducer) -> OutputPublisher:
-        published = OutputPublisher(app)
+    def build(fake: FakeProducer) -> BatchPublisher:
+        published = BatchPublisher(app)
         renewing = published._producer
         renewing._producer = fake  # type: ignore[assignment]
         monkeypatch.setattr(renewing, "renew", lambda broken: None)
@@ -239,7 +239,7 @@ def publisher(
 
 
 async def test_a_record_kafka_refuses_is_parked_and_the_others_are_delivered(
-    publisher: Callable[[FakeProducer], OutputPublisher],
+    publisher: Callable[[FakeProducer], BatchPublisher],
 ) -> None:
     payloads = messages(4)
     huge = payloads[1] + b"".join(b"\rOBX|%d|ST|C^T||value||||||F" % n for n in range(100))
@@ -265,7 +265,7 @@ async def test_a_record_kafka_refuses_is_parked_and_the_others_are_delivered(
 
 
 async def test_retriable_failures_are_retried_until_delivered(
-    publisher: Callable[[FakeProducer], OutputPublisher],
+    publisher: Callable[[FakeProducer], BatchPublisher],
 ) -> None:
     outputs = process_records([record(b"acme", 0, messages(1)[0])], TOPICS)
     fake = FakeProducer(max_value=100_000, flaky=3)
@@ -345,7 +345,7 @@ async def test_a_parked_record_is_nothing_for_a_lane_to_drain(
     error = Hl7Error(INTERNAL_ERROR, "KeyError while routing")
     parked = park(Origin(record(b"acme", 1, b"MSH|")), TOPICS, error, unrouted=True)
 
-    async def publish(outputs: list[OutputRecord]) -> dict[tuple[str, int], int]:
+    async def publish(outputs: list[OutgoingRecord]) -> dict[tuple[str, int], int]:
         return {(output.topic, output.partition): 5 for output in outputs}
 
     monkeypatch.setattr(router.publisher, "publish", publish)

@@ -15,9 +15,10 @@ from typing import cast
 
 import pytest
 
-from agents.ingest import Ingest, IngestResult, IngestUnavailable, IngressWriter, Peer
-from agents.mllp_listener import frame_limit
-from agents.registry import TenantRegistry
+from agents.ingest.accept import Ingest, IngestResult, Peer
+from agents.ingest.mllp import frame_limit
+from agents.ingest.writer import IngestUnavailable, IngressWriter
+from agents.state.registry import TenantRegistry
 from streams.hl7 import Hl7Error
 from streams.settings import Settings
 from streams.tenants import SenderIdentity, TenantDirectory, TenantRecord, TenantSpec
@@ -76,8 +77,8 @@ def no_wall_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     """Rate ceilings must run on monotonic time: a wall-clock step would break them."""
 
     # Only the module's own `time` is replaced: logging may still stamp records with the wall
-    # clock, while a `time.time()` in agents/ingest.py raises AttributeError.
-    monkeypatch.setattr("agents.ingest.time", SimpleNamespace(monotonic=time.monotonic))
+    # clock, while a `time.time()` in agents/ingest/accept.py raises AttributeError.
+    monkeypatch.setattr("agents.ingest.accept.time", SimpleNamespace(monotonic=time.monotonic))
 
 
 def outcomes(results: list[IngestResult]) -> list[tuple[str, str | None]]:
@@ -88,7 +89,7 @@ async def test_a_frame_of_three_is_written_and_answered_per_message() -> None:
     ingest, writer = make_ingest(tenant("alpha", "A"))
     messages = [msh("A", "FAC", f"M{n}") for n in range(3)]
 
-    results = await ingest.from_sender(b"".join(messages), Peer())
+    results = await ingest.from_mllp(b"".join(messages), Peer())
 
     assert outcomes(results) == [("M0", None), ("M1", None), ("M2", None)]
     assert writer.written == [("alpha", message) for message in messages]
@@ -100,7 +101,7 @@ async def test_a_frame_mixing_senders_is_refused_whole_and_nothing_is_written() 
     ingest, writer = make_ingest(tenant("alpha", "A"), tenant("beta", "B"))
     frame = msh("A", "FAC", "M0") + msh("B", "FAC", "M1") + msh("A", "FAC", "M2")
 
-    results = await ingest.from_sender(frame, Peer())
+    results = await ingest.from_mllp(frame, Peer())
 
     assert outcomes(results) == [(f"M{n}", "mixed_senders") for n in range(3)]
     assert writer.written == []
@@ -112,7 +113,7 @@ async def test_a_frame_mixing_senders_is_refused_whole_and_nothing_is_written() 
 async def test_a_frame_with_an_unknown_sender_among_known_ones_is_refused_whole() -> None:
     ingest, writer = make_ingest(tenant("alpha", "A"))
 
-    results = await ingest.from_sender(msh("A", "FAC", "M0") + msh("NOBODY", "X", "M1"), Peer())
+    results = await ingest.from_mllp(msh("A", "FAC", "M0") + msh("NOBODY", "X", "M1"), Peer())
 
     assert outcomes(results) == [("M0", "mixed_senders"), ("M1", "mixed_senders")]
     assert writer.written == []
@@ -122,7 +123,7 @@ async def test_after_the_first_refused_message_the_rest_of_the_frame_is_refused(
     ingest, writer = make_ingest(tenant("alpha", "A"))
     bad = msh("A", "FAC", "M1").replace(b"|2.5|", b"|9.9|")  # unsupported version: AR
 
-    results = await ingest.from_sender(msh("A", "FAC", "M0") + bad + msh("A", "FAC", "M2"), Peer())
+    results = await ingest.from_mllp(msh("A", "FAC", "M0") + bad + msh("A", "FAC", "M2"), Peer())
 
     assert outcomes(results) == [
         ("M0", None),
@@ -136,7 +137,7 @@ async def test_a_broker_failure_mid_frame_refuses_the_rest() -> None:
     ingest, writer = make_ingest(tenant("alpha", "A"))
     writer.fail_from = 1
 
-    results = await ingest.from_sender(b"".join(msh("A", "FAC", f"M{n}") for n in range(3)), Peer())
+    results = await ingest.from_mllp(b"".join(msh("A", "FAC", f"M{n}") for n in range(3)), Peer())
 
     assert [r.reason for r in results] == [
         None,
@@ -149,7 +150,7 @@ async def test_an_oversize_message_gets_ae_naming_the_limit_and_is_not_written()
     ingest, writer = make_ingest(tenant("alpha", "A"))
     huge = msh("A", "FAC", "BIG", "ER|AL") + b"OBX|1|TX|NOTE||" + b"X" * LIMIT + b"\r"
 
-    [result] = await ingest.from_sender(huge, Peer())
+    [result] = await ingest.from_mllp(huge, Peer())
 
     assert (result.control_id, result.reason) == ("BIG", "message_too_large")
     assert writer.written == []
@@ -166,7 +167,7 @@ async def test_an_accepted_message_gets_the_acks_msh_15_and_16_ask_for(
 ) -> None:
     ingest, _ = make_ingest(tenant("alpha", "A"))
 
-    [result] = await ingest.from_sender(msh("A", "FAC", "M0", acks), Peer())
+    [result] = await ingest.from_mllp(msh("A", "FAC", "M0", acks), Peer())
 
     assert [ack.code for ack in ingest.acks(result, CREATED)] == codes
 
@@ -176,7 +177,7 @@ async def test_the_mllp_ceiling_counts_messages_not_frames() -> None:
     ingest, _ = make_ingest(tenant("alpha", "A", burst=5))
     ceiling = ingest._ceiling(ingest.registry.directory.get("alpha"))  # type: ignore[arg-type]
 
-    await ingest.from_sender(b"".join(msh("A", "FAC", f"M{n}") for n in range(10)), Peer())
+    await ingest.from_mllp(b"".join(msh("A", "FAC", f"M{n}") for n in range(10)), Peer())
 
     assert ceiling.delay(time.monotonic()) > 0, "a frame of 10 was counted as fewer messages"
 
@@ -184,7 +185,7 @@ async def test_the_mllp_ceiling_counts_messages_not_frames() -> None:
 async def test_an_http_body_claiming_another_tenant_is_refused_whole() -> None:
     ingest, writer = make_ingest(tenant("alpha", "A"), tenant("beta", "B"))
 
-    results = await ingest.for_tenant("alpha", msh("A", "FAC", "M0") + msh("B", "FAC", "M1"))
+    results = await ingest.from_http("alpha", msh("A", "FAC", "M0") + msh("B", "FAC", "M1"))
 
     assert outcomes(results) == [
         ("M0", "body_claims_another_tenant"),
@@ -196,7 +197,7 @@ async def test_an_http_body_claiming_another_tenant_is_refused_whole() -> None:
 async def test_the_http_ceiling_refuses_the_rest_of_a_body_once_reached() -> None:
     ingest, writer = make_ingest(tenant("alpha", "A", rate=0.001, burst=1))  # ceiling burst 2
 
-    results = await ingest.for_tenant("alpha", b"".join(msh("A", "FAC", f"M{n}") for n in range(4)))
+    results = await ingest.from_http("alpha", b"".join(msh("A", "FAC", f"M{n}") for n in range(4)))
 
     assert [r.reason for r in results] == [
         None,
@@ -212,7 +213,7 @@ async def test_an_http_body_that_cannot_be_split_raises() -> None:
     ingest, _ = make_ingest(tenant("alpha", "A"))
 
     with pytest.raises(Hl7Error):
-        await ingest.for_tenant("alpha", b"PID|1\r")
+        await ingest.from_http("alpha", b"PID|1\r")
 
 
 @pytest.mark.parametrize(

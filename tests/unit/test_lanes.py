@@ -1,4 +1,4 @@
-"""Lane policy: promotion, hold-down demotion, pins, lane choice and the lazy lane book."""
+"""Lane policy: promotion, hold-down demotion, pins, lane choice and the lazy LaneAssignments."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.lanes import LaneAssignment, LaneBook, LaneMove, LanePolicy, choose_lane, decide
+from streams.lanes import LaneAssignment, LaneAssignments, LaneMove, LanePolicy, choose_lane, decide
 
 POLICY = LanePolicy()  # promote above max(4 x contract, 20/s); calm below 1 x contract for 120 s
 T0 = 1_700_000_000.0
@@ -23,7 +23,7 @@ class Sample:
 
 
 def step(
-    book: LaneBook,
+    assignments: LaneAssignments,
     tenant: str,
     sample: Sample,
     contract: float = 10.0,
@@ -31,22 +31,24 @@ def step(
 ) -> LaneMove | None:
     """One evaluation as the router runs it: decide, then apply."""
     move = decide(
-        book.assignment(tenant),
+        assignments.assignment(tenant),
         recent_rate=sample.rate,
         rate_10s=sample.rate,
         contract_rate=contract,
         now=sample.at,
         backlog_empty=sample.backlog_empty,
-        lane_loads=book.loads(),
+        lane_loads=assignments.loads(),
         policy=policy,
     )
     if move is not None:
-        book.apply(move)
+        assignments.apply(move)
     return move
 
 
-def run(book: LaneBook, tenant: str, samples: list[Sample], contract: float = 10.0) -> list:
-    return [m for s in samples if (m := step(book, tenant, s, contract)) is not None]
+def run(
+    assignments: LaneAssignments, tenant: str, samples: list[Sample], contract: float = 10.0
+) -> list:
+    return [m for s in samples if (m := step(assignments, tenant, s, contract)) is not None]
 
 
 def every_half_second(start: float, seconds: float, rate: float, **kw: bool) -> list[Sample]:
@@ -57,43 +59,45 @@ def every_half_second(start: float, seconds: float, rate: float, **kw: bool) -> 
 
 
 def test_promotes_when_the_recent_rate_is_far_above_the_contract() -> None:
-    book = LaneBook()
-    assert step(book, "t", Sample(T0, 40.0)) is None  # 4 x 10/s is not above 4 x 10/s
-    move = step(book, "t", Sample(T0 + 1, 40.5))
+    assignments = LaneAssignments()
+    assert step(assignments, "t", Sample(T0, 40.0)) is None  # 4 x 10/s is not above 4 x 10/s
+    move = step(assignments, "t", Sample(T0 + 1, 40.5))
     assert move == LaneMove(
         "t", None, choose_lane("t", [0, 0, 0, 0]), "rate_above_contract", T0 + 1
     )
-    assert book.lane_of("t") == move.to_lane
+    assert assignments.lane_of("t") == move.to_lane
 
 
 def test_never_promotes_below_the_minimum_rate() -> None:
-    book = LaneBook()
-    assert step(book, "t", Sample(T0, 20.0), contract=1.0) is None  # 20x the contract, but 20/s
-    assert step(book, "t", Sample(T0, 20.5), contract=1.0) is not None
+    assignments = LaneAssignments()
+    assert (
+        step(assignments, "t", Sample(T0, 20.0), contract=1.0) is None
+    )  # 20x the contract, but 20/s
+    assert step(assignments, "t", Sample(T0, 20.5), contract=1.0) is not None
 
 
 # ---------------------------------------------------------------- demotion
 
 
 def test_demotes_after_a_calm_hold_down_once_drained() -> None:
-    book = LaneBook()
-    step(book, "t", Sample(T0, 100.0))
-    assert run(book, "t", every_half_second(T0 + 1, 120, 5.0)) == []  # calm for 119.5 s
-    assert run(book, "t", [Sample(T0 + 121, 5.0, backlog_empty=False)]) == []
-    moves = run(book, "t", [Sample(T0 + 121.5, 5.0)])
+    assignments = LaneAssignments()
+    step(assignments, "t", Sample(T0, 100.0))
+    assert run(assignments, "t", every_half_second(T0 + 1, 120, 5.0)) == []  # calm for 119.5 s
+    assert run(assignments, "t", [Sample(T0 + 121, 5.0, backlog_empty=False)]) == []
+    moves = run(assignments, "t", [Sample(T0 + 121.5, 5.0)])
     assert moves == [LaneMove("t", moves[0].from_lane, None, "calm_and_drained", T0 + 121.5)]
-    assert book.lane_of("t") is None
-    assert len(book) == 0  # back in the shared lane: nothing stored
+    assert assignments.lane_of("t") is None
+    assert len(assignments) == 0  # back in the shared lane: nothing stored
 
 
 def test_any_busy_moment_restarts_the_hold_down() -> None:
-    book = LaneBook()
-    step(book, "t", Sample(T0, 100.0))
-    assert run(book, "t", every_half_second(T0 + 1, 100, 5.0)) == []
-    assert step(book, "t", Sample(T0 + 101, 10.0)) is None  # at the contract: not calm
-    assert book.assignment("t").calm_since is None
-    assert run(book, "t", every_half_second(T0 + 102, 119, 5.0)) == []
-    assert run(book, "t", [Sample(T0 + 222, 5.0)]) != []
+    assignments = LaneAssignments()
+    step(assignments, "t", Sample(T0, 100.0))
+    assert run(assignments, "t", every_half_second(T0 + 1, 100, 5.0)) == []
+    assert step(assignments, "t", Sample(T0 + 101, 10.0)) is None  # at the contract: not calm
+    assert assignments.assignment("t").calm_since is None
+    assert run(assignments, "t", every_half_second(T0 + 102, 119, 5.0)) == []
+    assert run(assignments, "t", [Sample(T0 + 222, 5.0)]) != []
 
 
 # ---------------------------------------------------------------- hysteresis properties
@@ -114,13 +118,13 @@ def test_oscillating_faster_than_the_hold_down_never_flaps(
     contract: float, high_first: bool, phases: list[tuple[float, float]]
 ) -> None:
     promote_at = max(POLICY.promote_factor * contract, POLICY.promote_min_rate)
-    book = LaneBook()
+    assignments = LaneAssignments()
     moves = []
     start = T0
     for index, (duration, level) in enumerate(phases):
         high = (index % 2 == 0) == high_first
         rate = promote_at * (1.01 + 9 * level) if high else promote_at * level
-        moves += run(book, "t", every_half_second(start, duration, rate), contract)
+        moves += run(assignments, "t", every_half_second(start, duration, rate), contract)
         start += duration
     assert len([m for m in moves if m.to_lane is not None]) <= 1
     assert [m for m in moves if m.to_lane is None] == []
@@ -141,7 +145,7 @@ def test_oscillating_faster_than_the_hold_down_never_flaps(
 def test_demotion_needs_an_unbroken_calm_hold_down_and_a_drained_lane(
     contract: float, samples: list[tuple[float, float, bool]]
 ) -> None:
-    book = LaneBook()
+    assignments = LaneAssignments()
     at = T0
     trace: list[Sample] = []
     for gap, factor, drained in samples:
@@ -149,7 +153,7 @@ def test_demotion_needs_an_unbroken_calm_hold_down_and_a_drained_lane(
         trace.append(Sample(at, factor * contract, drained))
     promoted_index = None
     for index, sample in enumerate(trace):
-        move = step(book, "t", sample, contract)
+        move = step(assignments, "t", sample, contract)
         if move is not None and move.to_lane is not None:
             promoted_index = index
         if move is not None and move.to_lane is None:
@@ -172,69 +176,71 @@ def _calm_tail(samples: list[Sample], contract: float) -> list[Sample]:
 
 
 def test_a_dedicated_pin_moves_a_quiet_tenant_at_once_and_keeps_it() -> None:
-    book = LaneBook()
-    book.pin("t", "dedicated", lane=6)  # beyond the pool of 4: wraps to lane 2
-    move = step(book, "t", Sample(T0, 0.0))
+    assignments = LaneAssignments()
+    assignments.pin("t", "dedicated", lane=6)  # beyond the pool of 4: wraps to lane 2
+    move = step(assignments, "t", Sample(T0, 0.0))
     assert move == LaneMove("t", None, 2, "pinned", T0)
-    assert run(book, "t", every_half_second(T0 + 1, 300, 0.0)) == []
-    assert book.lane_of("t") == 2
+    assert run(assignments, "t", every_half_second(T0 + 1, 300, 0.0)) == []
+    assert assignments.lane_of("t") == 2
 
 
 def test_a_dedicated_pin_without_a_lane_keeps_the_current_one() -> None:
-    book = LaneBook()
-    step(book, "t", Sample(T0, 100.0))
-    lane = book.lane_of("t")
-    book.pin("t", "dedicated")
-    assert run(book, "t", every_half_second(T0 + 1, 300, 0.0)) == []
-    assert book.lane_of("t") == lane
+    assignments = LaneAssignments()
+    step(assignments, "t", Sample(T0, 100.0))
+    lane = assignments.lane_of("t")
+    assignments.pin("t", "dedicated")
+    assert run(assignments, "t", every_half_second(T0 + 1, 300, 0.0)) == []
+    assert assignments.lane_of("t") == lane
 
 
 def test_a_shared_pin_moves_a_hot_tenant_back_once_drained() -> None:
-    book = LaneBook()
-    step(book, "t", Sample(T0, 100.0))
-    book.pin("t", "shared")
-    assert step(book, "t", Sample(T0 + 1, 100.0, backlog_empty=False)) is None
-    move = step(book, "t", Sample(T0 + 2, 100.0))
+    assignments = LaneAssignments()
+    step(assignments, "t", Sample(T0, 100.0))
+    assignments.pin("t", "shared")
+    assert step(assignments, "t", Sample(T0 + 1, 100.0, backlog_empty=False)) is None
+    move = step(assignments, "t", Sample(T0 + 2, 100.0))
     assert move is not None and (move.to_lane, move.reason) == (None, "pinned")
-    assert run(book, "t", every_half_second(T0 + 3, 60, 1000.0)) == []  # never promoted
-    assert len(book) == 1  # the pin itself is remembered
+    assert run(assignments, "t", every_half_second(T0 + 3, 60, 1000.0)) == []  # never promoted
+    assert len(assignments) == 1  # the pin itself is remembered
 
 
 def test_moving_between_pinned_lanes_waits_for_the_drain() -> None:
-    book = LaneBook()
-    book.pin("t", "dedicated", lane=0)
-    step(book, "t", Sample(T0, 0.0))
-    book.pin("t", "dedicated", lane=3)
-    assert step(book, "t", Sample(T0 + 1, 0.0, backlog_empty=False)) is None
-    assert step(book, "t", Sample(T0 + 2, 0.0)) == LaneMove("t", 0, 3, "pinned", T0 + 2)
+    assignments = LaneAssignments()
+    assignments.pin("t", "dedicated", lane=0)
+    step(assignments, "t", Sample(T0, 0.0))
+    assignments.pin("t", "dedicated", lane=3)
+    assert step(assignments, "t", Sample(T0 + 1, 0.0, backlog_empty=False)) is None
+    assert step(assignments, "t", Sample(T0 + 2, 0.0)) == LaneMove("t", 0, 3, "pinned", T0 + 2)
 
 
 def test_unpinning_a_calm_tenant_returns_it_to_the_shared_lane_once_drained() -> None:
-    book = LaneBook()
-    book.pin("t", "dedicated")
-    step(book, "t", Sample(T0, 0.0))
-    book.pin("t", "auto")
-    assert step(book, "t", Sample(T0 + 1, 5.0, backlog_empty=False)) is None
-    move = step(book, "t", Sample(T0 + 2, 5.0))
+    assignments = LaneAssignments()
+    assignments.pin("t", "dedicated")
+    step(assignments, "t", Sample(T0, 0.0))
+    assignments.pin("t", "auto")
+    assert step(assignments, "t", Sample(T0 + 1, 5.0, backlog_empty=False)) is None
+    move = step(assignments, "t", Sample(T0 + 2, 5.0))
     assert move is not None and (move.to_lane, move.reason) == (None, "unpinned")
-    assert len(book) == 0
+    assert len(assignments) == 0
 
 
 def test_unpinning_a_hot_tenant_leaves_it_to_the_traffic_rules() -> None:
-    book = LaneBook()
-    book.pin("t", "dedicated")
-    step(book, "t", Sample(T0, 0.0))
-    book.pin("t", "auto")
-    assert step(book, "t", Sample(T0 + 1, 100.0)) is None
-    assert not book.assignment("t").pin_held
+    assignments = LaneAssignments()
+    assignments.pin("t", "dedicated")
+    step(assignments, "t", Sample(T0, 0.0))
+    assignments.pin("t", "auto")
+    assert step(assignments, "t", Sample(T0 + 1, 100.0)) is None
+    assert not assignments.assignment("t").pin_held
     # From now on only a full calm hold-down brings it back.
-    assert run(book, "t", every_half_second(T0 + 2, 120, 5.0)) == []
-    assert [m.reason for m in run(book, "t", [Sample(T0 + 122.5, 5.0)])] == ["calm_and_drained"]
+    assert run(assignments, "t", every_half_second(T0 + 2, 120, 5.0)) == []
+    assert [m.reason for m in run(assignments, "t", [Sample(T0 + 122.5, 5.0)])] == [
+        "calm_and_drained"
+    ]
 
 
 def test_a_lane_index_needs_a_dedicated_pin() -> None:
     with pytest.raises(ValueError):
-        LaneBook().pin("t", "shared", lane=1)
+        LaneAssignments().pin("t", "shared", lane=1)
 
 
 # ---------------------------------------------------------------- lane choice
@@ -274,37 +280,45 @@ def test_lane_choice_spreads_tenants_evenly() -> None:
     assert max(loads) - min(loads) <= 2
 
 
-# ---------------------------------------------------------------- the book
+# ---------------------------------------------------------------- the assignments
 
 
-def test_the_book_stores_only_tenants_outside_the_shared_lane_or_pinned() -> None:
-    book = LaneBook(dedicated_lanes=2)
-    assert book.assignment("quiet") == LaneAssignment("quiet")
-    book.pin("quiet", "auto")
-    assert len(book) == 0
-    book.apply(LaneMove("a", None, 1, "rate_above_contract", T0))
-    book.apply(LaneMove("b", None, 1, "rate_above_contract", T0))
-    book.pin("c", "shared")
-    assert (book.lane_of("a"), book.lane_of("c"), book.lane_of("quiet")) == (1, None, None)
-    assert book.loads() == [0, 2]
-    assert sorted(book.placed()) == ["a", "b", "c"]
-    assert book.assignment("a").moved_at == T0
-    book.apply(LaneMove("a", 1, None, "calm_and_drained", T0 + 200))
-    assert sorted(book.placed()) == ["b", "c"]
+def test_lane_assignments_stores_only_tenants_outside_the_shared_lane_or_pinned() -> None:
+    assignments = LaneAssignments(dedicated_lanes=2)
+    assert assignments.assignment("quiet") == LaneAssignment("quiet")
+    assignments.pin("quiet", "auto")
+    assert len(assignments) == 0
+    assignments.apply(LaneMove("a", None, 1, "rate_above_contract", T0))
+    assignments.apply(LaneMove("b", None, 1, "rate_above_contract", T0))
+    assignments.pin("c", "shared")
+    assert (assignments.lane_of("a"), assignments.lane_of("c"), assignments.lane_of("quiet")) == (
+        1,
+        None,
+        None,
+    )
+    assert assignments.loads() == [0, 2]
+    assert sorted(assignments.placed()) == ["a", "b", "c"]
+    assert assignments.assignment("a").moved_at == T0
+    assignments.apply(LaneMove("a", 1, None, "calm_and_drained", T0 + 200))
+    assert sorted(assignments.placed()) == ["b", "c"]
 
 
-def test_the_book_refuses_a_stale_move() -> None:
-    book = LaneBook()
-    book.apply(LaneMove("a", None, 1, "rate_above_contract", T0))
+def test_lane_assignments_refuses_a_stale_move() -> None:
+    assignments = LaneAssignments()
+    assignments.apply(LaneMove("a", None, 1, "rate_above_contract", T0))
     with pytest.raises(ValueError):
-        book.apply(LaneMove("a", None, 2, "rate_above_contract", T0 + 1))
+        assignments.apply(LaneMove("a", None, 2, "rate_above_contract", T0 + 1))
 
 
-def test_the_book_restores_persisted_lanes() -> None:
-    book = LaneBook()
-    book.restore("a", 3, T0)
-    book.restore("b", None, None)
-    assert (book.lane_of("a"), book.assignment("a").moved_at, len(book)) == (3, T0, 1)
+def test_lane_assignments_restores_persisted_lanes() -> None:
+    assignments = LaneAssignments()
+    assignments.restore("a", 3, T0)
+    assignments.restore("b", None, None)
+    assert (assignments.lane_of("a"), assignments.assignment("a").moved_at, len(assignments)) == (
+        3,
+        T0,
+        1,
+    )
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agents.mllp_listener import buffer_limit, frame_limit
+from agents.ingest.mllp import buffer_limit, frame_limit
 from streams.mllp import FramingErrorKind, MllpDecoder, frame
 from streams.mllp_limits import BufferBudget, ConnectionGate, FrameClock, Hold, Limit
 from streams.settings import Settings

@@ -66,7 +66,7 @@ def test_templates_and_loggers_are_limited_apart_and_info_is_never_held() -> Non
     assert limiter.filter(record("aiokafka.client", "Unable to update metadata from %s", [1]))
     assert not limiter.filter(record("aiokafka.client", "Unable to update metadata from %s", [2]))
     for tenant in ("a", "b", "c"):
-        move = record("agents.router", "tenant %s moved", tenant, level=logging.INFO)
+        move = record("agents.lanes.router", "tenant %s moved", tenant, level=logging.INFO)
         assert limiter.filter(move)
 
 

@@ -1,4 +1,4 @@
-"""The lane worker lowers its own CPU priority, autogroup included (agents.priority)."""
+"""The lane worker lowers its own CPU priority, autogroup included (agents.process)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 PROBE = """
 import os
-from agents.priority import AUTOGROUP, lower_priority
+from agents.process import AUTOGROUP, lower_priority
 lower_priority(7)
 print(os.getpriority(os.PRIO_PROCESS, 0))
 print(AUTOGROUP.read_text().strip() if AUTOGROUP.exists() else "no autogroup")

@@ -10,7 +10,7 @@ import pytest
 
 from streams import processing
 from streams.hl7.synthetic import MALFORMED_KINDS, batch, malformed, mixed_corpus
-from streams.processing import IngressRecord, OutputRecord, process_ingress_record
+from streams.processing import IngressRecord, OutgoingRecord, process_ingress_record
 from streams.records import DlqRecord, NormalizedEvent
 from streams.topics import TopicNames
 
@@ -28,7 +28,7 @@ def ingress(value: bytes, key: bytes | None = b"st-marys", offset: int = 42) -> 
     )
 
 
-def only(outputs: list[OutputRecord]) -> OutputRecord:
+def only(outputs: list[OutgoingRecord]) -> OutgoingRecord:
     assert len(outputs) == 1
     return outputs[0]
 

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from agents import build_lane_worker, build_worker, processor
-from agents.publisher import OutputPublisher
+from agents.lane_worker import build_lane_worker
+from agents.lanes import processor
+from agents.state.publisher import BatchPublisher
+from agents.worker import build_worker
 from streams.app import create_app
 from streams.hl7.synthetic import SyntheticFeed
 from streams.processing import EVENT_TOO_LARGE, IngressRecord, process_ingress_record
@@ -153,7 +155,7 @@ def test_the_publishers_record_batches_fit_the_topics_limit(
     tmp_path: Path, message_bytes: int
 ) -> None:
     settings = make_settings(data_dir=tmp_path, web_port=6133, max_message_bytes=message_bytes)
-    config = OutputPublisher(create_app(settings))._producer._config
+    config = BatchPublisher(create_app(settings))._producer._config
 
     assert config["max_request_size"] == settings.max_record_bytes
     assert config["max_batch_size"] <= settings.max_record_bytes

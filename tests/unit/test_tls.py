@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from agents.ingest import Peer
+from agents.ingest.accept import Peer
 from streams.settings import Settings
 from streams.tenants import ClientCertificate, TenantPatch, TenantRecord, TenantSpec
 from streams.tls import (
@@ -422,7 +422,7 @@ async def test_an_mllp_frame_without_the_tenants_certificate_is_refused_whole_wi
 ) -> None:
     ingest, writer = make_ingest(requiring("lab", "A", "lab-a"))
 
-    results = await ingest.from_sender(msh("A", "FAC", "M0") + msh("A", "FAC", "M1"), peer)
+    results = await ingest.from_mllp(msh("A", "FAC", "M0") + msh("A", "FAC", "M1"), peer)
 
     assert [(r.control_id, r.tenant_id, r.reason) for r in results] == [
         ("M0", "lab", reason),
@@ -438,8 +438,8 @@ async def test_the_right_certificate_is_accepted_and_http_never_asks_for_one() -
     ingest, writer = make_ingest(requiring("lab", "A", "lab-a"))
     over_tls = Peer(certificate=PeerCertificate(FINGERPRINT, "lab-a"))
 
-    [by_mllp] = await ingest.from_sender(msh("A", "FAC", "M0"), over_tls)
-    [by_http] = await ingest.for_tenant("lab", msh("A", "FAC", "M1"))
+    [by_mllp] = await ingest.from_mllp(msh("A", "FAC", "M0"), over_tls)
+    [by_http] = await ingest.from_http("lab", msh("A", "FAC", "M1"))
 
     assert by_mllp.accepted and by_http.accepted
     assert [tenant_id for tenant_id, _ in writer.written] == ["lab", "lab"]

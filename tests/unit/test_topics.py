@@ -9,12 +9,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from agents import build_lane_worker, build_worker
-from agents.admin_api import TenantTopics
-from agents.publisher import OutputPublisher
-from agents.registry import TenantRegistry
-from agents.router import Router
-from agents.tenant_state import TenantStateMirror
+from agents.lane_worker import build_lane_worker
+from agents.lanes.router import Router
+from agents.state.publisher import BatchPublisher
+from agents.state.registry import TenantRegistry
+from agents.state.tenant_state import TenantStateMirror
+from agents.web.admin import TenantTopics
+from agents.worker import build_worker
 from streams.app import LanewayApp
 from streams.settings import Settings
 from streams.topics import OUTPUT_RETENTION_MS, TopicNames, TopicTable, is_valid_tenant_id
@@ -163,7 +164,7 @@ async def test_every_creator_declares_its_topics_through_the_table(
         Router(app, registry, state).on_start(),
         registry.on_start(),
         state.on_start(),
-        OutputPublisher(app)._declare(names.out(TENANT)),
+        BatchPublisher(app)._declare(names.out(TENANT)),
         TenantTopics(app).create(TENANT),
     )
     for start in starts:

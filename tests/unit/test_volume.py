@@ -1,4 +1,4 @@
-"""Rolling volume windows: bucket semantics, rates, idleness, persistence, the lazy book."""
+"""Rolling volume windows: bucket semantics, rates, idleness, persistence, lazy TenantVolumes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.volume import TenantVolume, VolumeBook
+from streams.volume import TenantVolume, TenantVolumes
 
 T0 = 1_700_000_040.0  # a whole minute since the epoch: windows start aligned
 
@@ -190,43 +190,43 @@ def test_restoring_an_old_state_keeps_totals_but_no_windows() -> None:
     assert (rates.rate_1h, rates.bytes_1h, rates.dlq_1h, rates.received) == (0, 0, 0, 60)
 
 
-def test_book_creates_volumes_only_on_traffic() -> None:
-    book = VolumeBook()
-    assert book.snapshot("quiet", T0).rate_1h == 0
-    assert book.snapshot("quiet", T0).last_message_at is None
-    assert book.recent_rate("quiet", T0) == 0
-    assert book.state("quiet") is None
-    assert len(book) == 0
-    book.record("busy", T0, 300)
-    book.record_dlq("broken", T0)
-    assert len(book) == 2
-    assert book.snapshot("busy", T0 + 0.5).bytes_10s == 300
-    assert book.snapshot("broken", T0 + 0.5).dlq_10s == 1
+def test_tenant_volumes_creates_volumes_only_on_traffic() -> None:
+    volumes = TenantVolumes()
+    assert volumes.snapshot("quiet", T0).rate_1h == 0
+    assert volumes.snapshot("quiet", T0).last_message_at is None
+    assert volumes.recent_rate("quiet", T0) == 0
+    assert volumes.state("quiet") is None
+    assert len(volumes) == 0
+    volumes.record("busy", T0, 300)
+    volumes.record_dlq("broken", T0)
+    assert len(volumes) == 2
+    assert volumes.snapshot("busy", T0 + 0.5).bytes_10s == 300
+    assert volumes.snapshot("broken", T0 + 0.5).dlq_10s == 1
 
 
-def test_book_restore_never_overwrites_live_counts() -> None:
-    book = VolumeBook()
-    book.record("a", T0, 5)
-    state = book.state("a")
+def test_tenant_volumes_restore_never_overwrites_live_counts() -> None:
+    volumes = TenantVolumes()
+    volumes.record("a", T0, 5)
+    state = volumes.state("a")
     assert state is not None
-    book.record("a", T0 + 1, 5)
-    book.restore("a", state, T0 + 2)
-    book.restore("b", state, T0 + 2)
-    assert book.snapshot("a", T0 + 2).bytes_1h == 10
-    assert book.snapshot("b", T0 + 2).bytes_1h == 5
+    volumes.record("a", T0 + 1, 5)
+    volumes.restore("a", state, T0 + 2)
+    volumes.restore("b", state, T0 + 2)
+    assert volumes.snapshot("a", T0 + 2).bytes_1h == 10
+    assert volumes.snapshot("b", T0 + 2).bytes_1h == 5
 
 
 def test_an_active_tenant_costs_under_3_5_kb() -> None:
     tenants = [f"tenant-{i:05d}" for i in range(2000)]  # ids exist before measuring
-    book = VolumeBook()
+    volumes = TenantVolumes()
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
         for second in range(70):  # every ring has been written and advanced
             for tenant in tenants:
-                book.record(tenant, T0 + second, 1_000_000)
+                volumes.record(tenant, T0 + second, 1_000_000)
         for tenant in tenants:
-            book.record_dlq(tenant, T0 + 70)
+            volumes.record_dlq(tenant, T0 + 70)
         used = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()

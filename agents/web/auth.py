@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from agents.registry import TenantRegistry
+from agents.state.registry import TenantRegistry
 from streams.auth import Principal, authenticate, bearer_token, hash_token
 
 REGISTRY_WAIT_S = 10.0

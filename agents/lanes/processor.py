@@ -2,7 +2,7 @@
 
 The same agent runs on every lane, with no per-tenant code: the shared worker runs it on
 `laneway.lane.shared`, the lane worker on the dedicated lanes. Each lane record carries its
-ingress origin in a header (see `agents.router`), so events look the same whichever lane
+ingress origin in a header (see `agents.lanes.router`), so events look the same whichever lane
 produced them. A record written straight to a lane, without that header, counts as its own
 origin.
 
@@ -20,14 +20,14 @@ from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
 
 from faust.types import EventT, TopicT
 
-from agents.publisher import OutputPublisher
-from agents.registry import TenantRegistry
+from agents.state.publisher import BatchPublisher
+from agents.state.registry import TenantRegistry
 from streams.app import LanewayApp
 from streams.gcra import Gcra
 from streams.masking import OutputShapers
 from streams.processing import (
     IngressRecord,
-    OutputRecord,
+    OutgoingRecord,
     incarnation_of,
     lane_record_origin,
     process_records,
@@ -61,7 +61,7 @@ def install(
     """
     settings = app.laneway
     topics = app.topic_names
-    publisher = OutputPublisher(app)
+    publisher = BatchPublisher(app)
     shapers = OutputShapers(registry.directory, settings.mask_secret_bytes)
     pace = Gcra(drain_rate, burst=settings.batch_max) if drain_rate > 0 else None
 
@@ -122,7 +122,7 @@ def _ingress_record(event: EventT) -> IngressRecord:
 
 def _count_dlq(
     app: LanewayApp,
-    outputs: Sequence[OutputRecord],
+    outputs: Sequence[OutgoingRecord],
     on_dlq: Callable[[Iterable[bytes]], None] | None,
 ) -> None:
     dlq = [output for output in outputs if output.is_dlq]

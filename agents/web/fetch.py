@@ -29,9 +29,9 @@ from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 from faust.web import View
 from mode import Service
 
-from agents.admin_api import api_errors
-from agents.registry import TenantRegistry
-from agents.web_auth import ApiError, Guard
+from agents.state.registry import TenantRegistry
+from agents.web.admin import api_errors
+from agents.web.auth import ApiError, Guard
 from streams.app import LanewayApp
 from streams.hl7 import split_batch
 from streams.processing import incarnation_of

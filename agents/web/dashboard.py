@@ -6,7 +6,7 @@ GET /dashboard/{asset}    dashboard.js, dashboard.css
 The page holds no data and no token. The operator types the admin token into a form; the script
 keeps it in sessionStorage (gone with the tab, never in a URL, a cookie or a cache) and sends it
 as a Bearer header on every `GET /api/stats`, which polls for live updates. No CDN, no build step:
-the files in `agents/static/` are served as they are.
+the files in `agents/web/static/` are served as they are.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from aiohttp import web
 from faust.web import View
 
-from agents.stats_api import no_store
+from agents.web.stats import no_store
 from streams.app import LanewayApp
 
 STATIC_DIR = Path(__file__).with_name("static")

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from agents.mirror import CompactedTopicMirror
+from agents.state.mirror import CompactedTopicMirror
 from streams.app import LanewayApp
 
 

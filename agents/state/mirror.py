@@ -19,7 +19,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from mode import Service
 
-from agents.producers import RenewingProducer
+from agents.state.producers import RenewingProducer
 from streams.app import LanewayApp
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ Its per-record cost is what keeps a flooding tenant from slowing everyone else: 
 reads every ingress record, the flood included. So the router is a plain aiokafka consumer that
 takes records in batches (~10 µs each) rather than a Faust agent (~130 µs of Faust machinery per
 event, measured), and forwards them in one record batch per lane partition. The processing of
-each lane is a Faust agent (`agents.processor`), the same code for every lane.
+each lane is a Faust agent (`agents.lanes.processor`), the same code for every lane.
 
 - Records of tenants in the shared lane go to `laneway.lane.shared`, same partition as in
   ingress; those of promoted tenants go to their `laneway.lane.dedicated.N`, read by the lane
@@ -48,23 +48,23 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 from mode import Service
 
-from agents.publisher import OutputPublisher
-from agents.registry import TenantRegistry
-from agents.tenant_state import TenantStateMirror
+from agents.state.publisher import BatchPublisher
+from agents.state.registry import TenantRegistry
+from agents.state.tenant_state import TenantStateMirror
 from streams.app import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES, LanewayApp
-from streams.lanes import LaneBook, LaneMove, LanePolicy, decide
+from streams.lanes import LaneAssignments, LaneMove, LanePolicy, decide
 from streams.processing import (
     INTERNAL_ERROR,
     IngressRecord,
     Origin,
-    OutputRecord,
+    OutgoingRecord,
     forward_to_lane,
     incarnation_of,
     internal_error,
     park,
     tenant_of_key,
 )
-from streams.volume import VolumeBook
+from streams.volume import TenantVolumes
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +103,10 @@ class Router(Service):
             hold_down_s=settings.hold_down_s,
             dedicated_lanes=settings.dedicated_lanes,
         )
-        self.volumes = VolumeBook()
-        self.lanes = LaneBook(settings.dedicated_lanes)
+        self.volumes = TenantVolumes()
+        self.lanes = LaneAssignments(settings.dedicated_lanes)
         self.moves: dict[str, deque[dict[str, Any]]] = {}
-        self.publisher = OutputPublisher(app)
+        self.publisher = BatchPublisher(app)
         self._partitioner = DefaultPartitioner()
         self._tenant_names: dict[bytes, str | None] = {}
         self._active: set[str] = set()
@@ -178,7 +178,7 @@ class Router(Service):
             )
             async with self._forwarding:
                 now = time.time()
-                forwards: list[OutputRecord] = []
+                forwards: list[OutgoingRecord] = []
                 for tp, messages in batches.items():
                     if tp.partition not in self._owned:
                         continue  # revoked while fetched
@@ -252,7 +252,7 @@ class Router(Service):
 
     # ---------------------------------------------------------------- hot path
 
-    def _route_contained(self, record: IngressRecord, now: float) -> OutputRecord | None:
+    def _route_contained(self, record: IngressRecord, now: float) -> OutgoingRecord | None:
         """`route`, but a record it cannot route (a bug) goes to the unrouted DLQ, counted,
         and the partition moves on."""
         try:
@@ -266,7 +266,7 @@ class Router(Service):
                 Origin(record), self.topics, error_code, settings.max_value_bytes, unrouted=True
             )
 
-    def route(self, record: IngressRecord, now: float) -> OutputRecord | None:
+    def route(self, record: IngressRecord, now: float) -> OutgoingRecord | None:
         """Count the record for its tenant and return its forward, or None when it is held
         because the tenant is being cut over to another lane."""
         key = record.key or b""
@@ -286,14 +286,14 @@ class Router(Service):
         config = self.registry.directory.get(tenant)
         return config is not None and config.paused
 
-    def _forward_record(self, tenant: str | None, record: IngressRecord) -> OutputRecord:
+    def _forward_record(self, tenant: str | None, record: IngressRecord) -> OutgoingRecord:
         lane = self.lanes.lane_of(tenant) if tenant is not None and self.enabled else None
         lane = servable_lane(lane, self.app.laneway.dedicated_lanes)
         if lane is None:
             return forward_to_lane(record, self.topics.shared_lane, record.partition)
         return forward_to_lane(record, self.topics.dedicated_lane(lane))
 
-    async def _forward(self, forwards: list[OutputRecord]) -> None:
+    async def _forward(self, forwards: list[OutgoingRecord]) -> None:
         if not forwards:
             return
         last_offsets = await self.publisher.publish(forwards)

@@ -24,10 +24,10 @@ from aiokafka.errors import (
     UnknownProducerId,
 )
 
-from agents.producers import RenewingProducer
+from agents.state.producers import RenewingProducer
 from streams.app import LanewayApp
 from streams.hl7 import Hl7Error
-from streams.processing import KAFKA_REFUSED, OutputRecord, park
+from streams.processing import KAFKA_REFUSED, OutgoingRecord, park
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ _MAX_BATCH_BYTES = 1024 * 1024
 _RETRY_FIRST_DELAY_S = 0.2
 _RETRY_MAX_DELAY_S = 5.0
 # Refusals of the producer's own sequence state, not of the records: the renewed producer
-# (see agents.producers) sends them fine.
+# (see agents.state.producers) sends them fine.
 _PRODUCER_STATE_ERRORS = (
     OutOfOrderSequenceNumber,
     DuplicateSequenceNumber,
@@ -61,7 +61,7 @@ def refused_as_final(error: BaseException) -> bool:
     )
 
 
-class OutputPublisher:
+class BatchPublisher:
     """Delivers output records with acks=all; creates per-tenant topics on demand.
 
     It owns an aiokafka producer and sends one record batch per topic partition, instead of one
@@ -85,7 +85,7 @@ class OutputPublisher:
         """Topics someone else created already: no need to declare them again."""
         self._known_topics.update(topics)
 
-    async def publish(self, outputs: list[OutputRecord]) -> dict[tuple[str, int], int]:
+    async def publish(self, outputs: list[OutgoingRecord]) -> dict[tuple[str, int], int]:
         """Deliver every output, or the DLQ record that replaces one Kafka refused as final.
 
         The batch's ingress offsets are acked when this returns, so a retriable failure is
@@ -124,7 +124,7 @@ class OutputPublisher:
                 delay = min(delay * 2, _RETRY_MAX_DELAY_S)
         return written
 
-    def _parked(self, record: OutputRecord, error: BaseException) -> OutputRecord | None:
+    def _parked(self, record: OutgoingRecord, error: BaseException) -> OutgoingRecord | None:
         """The by-reference DLQ record that replaces `record`, which Kafka refused as final;
         None if `record` cannot be parked, so it must be retried."""
         if record.origin is None or record.reason == KAFKA_REFUSED:
@@ -146,8 +146,8 @@ class OutputPublisher:
         return park(record.origin, self._app.topic_names, Hl7Error(KAFKA_REFUSED, detail))
 
     async def _send_all(
-        self, outputs: Iterable[OutputRecord], one_per_batch: bool
-    ) -> tuple[dict[tuple[str, int], int], list[tuple[list[OutputRecord], BaseException]]]:
+        self, outputs: Iterable[OutgoingRecord], one_per_batch: bool
+    ) -> tuple[dict[tuple[str, int], int], list[tuple[list[OutgoingRecord], BaseException]]]:
         producer = await self._started_producer()
         # A failed delivery, refused ones included, leaves the producer's sequence broken: the
         # producer is renewed and the next attempt goes out on the fresh one.
@@ -159,21 +159,21 @@ class OutputPublisher:
         return written, refused
 
     async def _send_on(
-        self, producer: AIOKafkaProducer, outputs: Iterable[OutputRecord], one_per_batch: bool
-    ) -> tuple[dict[tuple[str, int], int], list[tuple[list[OutputRecord], BaseException]]]:
+        self, producer: AIOKafkaProducer, outputs: Iterable[OutgoingRecord], one_per_batch: bool
+    ) -> tuple[dict[tuple[str, int], int], list[tuple[list[OutgoingRecord], BaseException]]]:
         """Send every output; returns the last offset written to each (topic, partition) and
         the records of each batch Kafka refused as final, with the refusal. Raises if any
         batch failed in a retriable way."""
-        by_partition: dict[tuple[str, int], list[OutputRecord]] = defaultdict(list)
+        by_partition: dict[tuple[str, int], list[OutgoingRecord]] = defaultdict(list)
         for output in outputs:
             by_partition[output.topic, output.partition].append(output)
         pending = []
-        batches: list[tuple[tuple[str, int], list[OutputRecord]]] = []
+        batches: list[tuple[tuple[str, int], list[OutgoingRecord]]] = []
         for (topic, partition), records in by_partition.items():
             if topic not in self._known_topics:
                 await self._declare(topic)
             batch = producer.create_batch()
-            in_batch: list[OutputRecord] = []
+            in_batch: list[OutgoingRecord] = []
             for record in records:
                 # append() refuses a record only when the batch is full and non-empty; an
                 # empty batch takes any record, so this loop runs at most twice.
@@ -189,7 +189,7 @@ class OutputPublisher:
         # Every delivery is awaited, failed ones too (none is left unretrieved).
         delivered = await asyncio.gather(*pending, return_exceptions=True)
         written: dict[tuple[str, int], int] = {}
-        refused: list[tuple[list[OutputRecord], BaseException]] = []
+        refused: list[tuple[list[OutgoingRecord], BaseException]] = []
         for outcome, (destination, records) in zip(delivered, batches, strict=True):
             if isinstance(outcome, BaseException):
                 if not refused_as_final(outcome):

@@ -30,9 +30,9 @@ from datetime import UTC, datetime
 from aiohttp import web
 from faust.web import View
 
-from agents.admin_api import api_errors
-from agents.ingest import Ingest, IngestResult
-from agents.web_auth import ApiError, Guard
+from agents.ingest.accept import Ingest, IngestResult
+from agents.web.admin import api_errors
+from agents.web.auth import ApiError, Guard
 from streams.app import LanewayApp
 from streams.hl7 import Hl7Error
 
@@ -78,7 +78,7 @@ def install(app: LanewayApp, ingest: Ingest, guard: Guard) -> None:
             if request.content_length is not None and request.content_length > max_body:
                 raise body_too_large()
             try:
-                results = await ingest.for_tenant(tenant_id, await request.read())
+                results = await ingest.from_http(tenant_id, await request.read())
             except web.HTTPRequestEntityTooLarge as error:
                 raise body_too_large() from error
             except Hl7Error as error:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents.mirror import CompactedTopicMirror
+from agents.state.mirror import CompactedTopicMirror
 from streams.app import LanewayApp
 from streams.tenants import RetiredTenant, TenantDirectory, TenantRecord, stored_from_json
 

@@ -30,9 +30,9 @@ from faust.web import View
 from mode import Service
 from pydantic import ValidationError
 
-from agents.mirror import MirrorUnavailable
-from agents.registry import TenantRegistry
-from agents.web_auth import ApiError, Guard, validation_error
+from agents.state.mirror import MirrorUnavailable
+from agents.state.registry import TenantRegistry
+from agents.web.auth import ApiError, Guard, validation_error
 from streams.app import LanewayApp
 from streams.auth import hash_token, new_token
 from streams.tenants import RetiredTenant, SenderIdentity, TenantPatch, TenantRecord, TenantSpec

@@ -29,9 +29,9 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from agents.ingest import Ingest
-from agents.mllp_listener import MllpCounters
-from agents.stats_api import FLAGS, StatsBook, TenantStats
+from agents.ingest.accept import Ingest
+from agents.ingest.mllp import MllpCounters
+from agents.web.stats import FLAGS, StatsService, TenantStats
 from streams.app import LanewayApp
 from streams.mllp_limits import Limit
 
@@ -39,19 +39,19 @@ WINDOWS = {"10s": "rate_10s", "1m": "rate_1m", "5m": "rate_5m"}
 
 
 class LanewayCollector(Collector):
-    """Laneway's metrics, computed at scrape time from the stats book and the ingest and MLLP
+    """Laneway's metrics, computed at scrape time from the stats service and the ingest and MLLP
     counters."""
 
     def __init__(
-        self, book: StatsBook, ingest: Ingest, mllp: MllpCounters, dedicated_lanes: int
+        self, stats: StatsService, ingest: Ingest, mllp: MllpCounters, dedicated_lanes: int
     ) -> None:
-        self._book = book
+        self._stats = stats
         self._ingest = ingest
         self._mllp = mllp
         self._lanes = ["shared", *(str(lane) for lane in range(dedicated_lanes))]
 
     def collect(self) -> Iterator[Metric]:
-        broker = self._book.broker
+        broker = self._stats.broker
         yield GaugeMetricFamily(
             "laneway_kafka_up",
             "1 while this process reaches the Kafka cluster, 0 while it does not.",
@@ -62,13 +62,13 @@ class LanewayCollector(Collector):
             "Brokers listed in the cluster metadata at the last probe (0 while unreachable).",
             value=broker.brokers,
         )
-        yield from self._tenant_metrics(self._book.rows(time.time()))
+        yield from self._tenant_metrics(self._stats.rows(time.time()))
         parked = CounterMetricFamily(
             "laneway_dlq_records",
             "DLQ records this process wrote, by reason code (a fixed set of codes).",
             labels=["reason"],
         )
-        for reason, value in sorted(self._book.app.dlq_reasons.items()):
+        for reason, value in sorted(self._stats.app.dlq_reasons.items()):
             parked.add_metric([reason], value)
         yield parked
         refused = CounterMetricFamily(
@@ -87,7 +87,7 @@ class LanewayCollector(Collector):
         yield from self._mllp_metrics()
 
     def _tenant_metrics(self, rows: list[TenantStats]) -> Iterator[Metric]:
-        offsets = self._book.probe.offsets
+        offsets = self._stats.probe.offsets
         yield GaugeMetricFamily("laneway_tenants", "Onboarded tenants.", value=len(rows))
         flagged = GaugeMetricFamily(
             "laneway_tenants_flagged", "Tenants showing a flag (see /api/stats).", labels=["flag"]
@@ -114,7 +114,7 @@ class LanewayCollector(Collector):
             yield CounterMetricFamily(
                 "laneway_lane_moves",
                 "Lane moves decided by the routers (records in the control topic).",
-                value=offsets.ends.get(self._book.app.topic_names.control, 0),
+                value=offsets.ends.get(self._stats.app.topic_names.control, 0),
             )
             yield GaugeMetricFamily(
                 "laneway_stats_offsets_age_seconds",
@@ -203,7 +203,7 @@ def _lane_label(row: TenantStats) -> str:
     return "shared" if row.lane is None else str(row.lane)
 
 
-def install(app: LanewayApp, book: StatsBook, ingest: Ingest, mllp: MllpCounters) -> None:
+def install(app: LanewayApp, stats: StatsService, ingest: Ingest, mllp: MllpCounters) -> None:
     """Serve `GET /metrics` from a registry of this app's own (several apps may share a process,
     as in tests): Faust's sensor, Laneway's collector and the process collectors."""
     # `*_created` timestamps double the series count and tell an operator nothing here. The
@@ -212,6 +212,6 @@ def install(app: LanewayApp, book: StatsBook, ingest: Ingest, mllp: MllpCounters
     registry = CollectorRegistry()
     for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
         registry.register(collector)
-    registry.register(LanewayCollector(book, ingest, mllp, app.laneway.dedicated_lanes))
+    registry.register(LanewayCollector(stats, ingest, mllp, app.laneway.dedicated_lanes))
     # A fixed prefix: metric names must not change with the app id.
     setup_prometheus_sensors(app, pattern="/metrics", registry=registry, name_prefix="faust")

@@ -33,11 +33,11 @@ from aiokafka.admin import AIOKafkaAdminClient
 from faust.web import View
 from mode import Service
 
-from agents.admin_api import api_errors
-from agents.broker_watch import BrokerWatch
-from agents.registry import TenantRegistry
-from agents.tenant_state import TenantStateMirror
-from agents.web_auth import ApiError, Guard
+from agents.state.broker_watch import BrokerWatch
+from agents.state.registry import TenantRegistry
+from agents.state.tenant_state import TenantStateMirror
+from agents.web.admin import api_errors
+from agents.web.auth import ApiError, Guard
 from streams.app import LanewayApp
 from streams.tenants import TenantRecord
 from streams.topics import TopicNames
@@ -397,7 +397,7 @@ class RateHistory:
         return list(self._series.get(tenant, ()))
 
 
-class StatsBook(Service):
+class StatsService(Service):
     """Builds the stats of every tenant from the mirrors and the probe; samples sparklines."""
 
     def __init__(
@@ -595,10 +595,10 @@ def install(
     tenant_states: TenantStateMirror,
     guard: Guard,
     broker: BrokerWatch,
-) -> StatsBook:
-    """Register the stats views on `app`; the returned book also feeds the dashboard and metrics."""
-    book = StatsBook(app, registry, tenant_states, broker)
-    app.add_service(book)
+) -> StatsService:
+    """Register the stats views on `app`; the service also feeds the dashboard and metrics."""
+    stats_service = StatsService(app, registry, tenant_states, broker)
+    app.add_service(stats_service)
 
     @app.page("/api/tenants/{tenant_id}/stats")
     class TenantStatsView(View):
@@ -606,7 +606,7 @@ def install(
         @api_errors
         async def get(self, request: web.Request, tenant_id: str) -> web.Response:
             await guard.tenant_or_admin(request, tenant_id)
-            stats = book.tenant(tenant_id, time.time())
+            stats = stats_service.tenant(tenant_id, time.time())
             if stats is None:  # offboarded between the check and here
                 raise ApiError(404, "unknown_tenant", "no such tenant")
             return json_response({**stats.as_json(), "kafka": kafka_status(broker), "notes": NOTES})
@@ -619,9 +619,9 @@ def install(
             await guard.admin(request)
             query = StatsQuery.parse(request.query, request.query.getall("flag", []))
             now = time.time()
-            rows = book.rows(now)
+            rows = stats_service.rows(now)
             shown = query.apply(rows)
-            offsets = book.probe.offsets
+            offsets = stats_service.probe.offsets
             return json_response(
                 {
                     "generated_at": _iso(now),
@@ -637,4 +637,4 @@ def install(
                 }
             )
 
-    return book
+    return stats_service

@@ -36,10 +36,10 @@ from aiokafka.structs import OffsetAndMetadata
 from faust.web import View
 from multidict import MultiMapping
 
-from agents.admin_api import api_errors
-from agents.fetch_api import original_by_ref
-from agents.ingest import IngestUnavailable, IngressWriter
-from agents.web_auth import ApiError, Guard
+from agents.ingest.writer import IngestUnavailable, IngressWriter
+from agents.web.admin import api_errors
+from agents.web.auth import ApiError, Guard
+from agents.web.fetch import original_by_ref
 from streams.app import LanewayApp
 
 FETCH_TIMEOUT_MS = 1000

@@ -1,7 +1,7 @@
 """The MLLP listener: HL7 v2 senders over TCP, served inside the worker process.
 
 One asyncio task per connection, so hundreds of connections cost no threads. Bytes go through
-`MllpDecoder`; every complete frame goes to `Ingest.from_sender`, which splits it into messages
+`MllpDecoder`; every complete frame goes to `Ingest.from_mllp`, which splits it into messages
 and makes all the HL7 decisions (header checks, sender -> tenant, paused, size, the durable
 acks=all write per message), and the connection answers each message with whatever
 `Ingest.acks` returns for it (none, one or two ACKs, as MSH-15/16 ask).
@@ -56,8 +56,8 @@ from typing import Any, TypeVar
 
 from mode import Service
 
-from agents.ingest import CLIENT_CERT_ERRORS, Ingest, IngestResult, Peer
-from agents.registry import TenantRegistry
+from agents.ingest.accept import CLIENT_CERT_ERRORS, Ingest, IngestResult, Peer
+from agents.state.registry import TenantRegistry
 from streams.app import LanewayApp
 from streams.hl7.ack import message_too_large
 from streams.hl7.header import read_header_lenient
@@ -312,7 +312,7 @@ class MllpListener(Service):
         for event in events:
             if isinstance(event, Frame):
                 self.counters.frames += 1
-                for result in await self.ingest.from_sender(event.payload, peer):
+                for result in await self.ingest.from_mllp(event.payload, peer):
                     await self._answer(result, writer)
             elif not await self._keep_going_after(event, reader, writer, peer):
                 return False
