@@ -57,7 +57,7 @@ def listener_failures(worker: WorkerProcess) -> list[str]:
     return [
         line
         for line in log.splitlines()
-        if "after an unexpected" in line or "mllp_listener.py" in line
+        if "after an unexpected" in line or "agents/ingest/mllp.py" in line
     ]
 
 
