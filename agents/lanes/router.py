@@ -30,6 +30,11 @@ each lane is a Faust agent (`agents.lanes.processor`), the same code for every l
   moment, not for the whole backlog.
 - A paused tenant's records are held the same way: they wait in Kafka (uncommitted) and in
   order, while ingest refuses the tenant anything new (AR / 503), until it is resumed.
+- That bookkeeping (what is held, how far ingress may be committed, which cuts are complete,
+  what a release forwards) is pure code with unit tests: `streams.cutover.TenantRoutes`, one
+  `TenantRoute` per tenant. The router does the I/O and the timing: it reads and commits
+  ingress, asks the lane policy (`streams.lanes`), looks up the lanes' committed offsets,
+  forwards, and publishes tenant state.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from agents.state.publisher import BatchPublisher
 from agents.state.registry import TenantRegistry
 from agents.state.tenant_state import TenantStateMirror
 from streams.app import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES, LanewayApp
+from streams.cutover import LanePartition, LanePosition, TenantRoutes
 from streams.lanes import LaneAssignments, LaneMove, LanePolicy, decide
 from streams.processing import (
     INTERNAL_ERROR,
@@ -105,19 +111,15 @@ class Router(Service):
         )
         self.volumes = TenantVolumes()
         self.lanes = LaneAssignments(settings.dedicated_lanes)
+        # Cuts, holds, the last forward per tenant and the ingress offsets safe to commit.
+        self.routes = TenantRoutes(self.lanes)
         self.moves: dict[str, deque[dict[str, Any]]] = {}
         self.publisher = BatchPublisher(app)
         self._partitioner = DefaultPartitioner()
         self._tenant_names: dict[bytes, str | None] = {}
         self._active: set[str] = set()
-        # tenant -> (lane topic, partition, offset) of the last record forwarded for it
-        self._last_forwarded: dict[str, tuple[str, int, int]] = {}
-        self._cutting: dict[str, LaneMove] = {}  # tenant -> decided move, waiting for the drain
-        self._held: dict[str, list[IngressRecord]] = {}  # tenant -> records kept back, in order
         self._wanted: set[int] | None = None  # ingress partitions to read, set by Faust's rebalance
         self._owned: set[int] = set()
-        self._next_offsets: dict[int, int] = {}  # partition -> next offset not yet forwarded
-        self._committed: dict[int, int] = {}
         self._last_commit = 0.0
         self._consumer: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
@@ -179,6 +181,7 @@ class Router(Service):
             async with self._forwarding:
                 now = time.time()
                 forwards: list[OutgoingRecord] = []
+                read_to: dict[int, int] = {}
                 for tp, messages in batches.items():
                     if tp.partition not in self._owned:
                         continue  # revoked while fetched
@@ -195,8 +198,9 @@ class Router(Service):
                         destination = self._route_contained(record, now)
                         if destination is not None:
                             forwards.append(destination)
-                    self._next_offsets[tp.partition] = messages[-1].offset + 1
+                    read_to[tp.partition] = messages[-1].offset + 1
                 await self._forward(forwards)
+                self.routes.advance(read_to)
                 await self._commit()
 
     async def _take_partitions(self, wanted: set[int]) -> None:
@@ -208,9 +212,7 @@ class Router(Service):
             dropped, added = self._owned - wanted, wanted - self._owned
             for tenant in [t for t in self._known_tenants() if self._partition_of(t) in dropped]:
                 self._forget(tenant)
-            for partition in dropped:
-                self._next_offsets.pop(partition, None)
-                self._committed.pop(partition, None)
+            self.routes.drop_partitions(dropped)
             self._owned = set(wanted)
             ingress = self.topics.ingress
             self._consumer.assign([TopicPartition(ingress, p) for p in sorted(self._owned)])
@@ -238,13 +240,12 @@ class Router(Service):
 
     def _forget(self, tenant: str) -> None:
         self.volumes.forget(tenant)
-        self.lanes.forget(tenant)
-        for per_tenant in (self.moves, self._last_forwarded, self._cutting, self._held):
-            per_tenant.pop(tenant, None)
+        self.routes.forget(tenant)
+        self.moves.pop(tenant, None)
         self._active.discard(tenant)
 
     def _known_tenants(self) -> set[str]:
-        return {*self.lanes.placed(), *self.moves, *self._held, *self._active, *self._cutting}
+        return {*self.routes.tenants(), *self.moves, *self._active}
 
     def _partition_of(self, tenant: str) -> int:
         partitions = list(range(self.app.laneway.ingress_partitions))
@@ -268,7 +269,7 @@ class Router(Service):
 
     def route(self, record: IngressRecord, now: float) -> OutgoingRecord | None:
         """Count the record for its tenant and return its forward, or None when it is held
-        because the tenant is being cut over to another lane."""
+        because the tenant is being cut over to another lane or is paused."""
         key = record.key or b""
         tenant = self._tenant_names.get(key, "")
         if tenant == "":
@@ -277,8 +278,7 @@ class Router(Service):
             sent_at = min(record.timestamp_ms / 1000, now)
             self.volumes.record(tenant, sent_at, len(record.value or b""))
             self._active.add(tenant)
-            if tenant in self._cutting or tenant in self._held or self._paused(tenant):
-                self._held.setdefault(tenant, []).append(record)
+            if self.routes.hold(tenant, record, paused=self._paused(tenant)):
                 return None
         return self._forward_record(tenant, record)
 
@@ -303,49 +303,39 @@ class Router(Service):
             # A record parked in a DLQ (by the router or, refused, by the publisher) is nothing
             # for a lane to drain.
             if tenant and not forward.is_dlq and destination in last_offsets:
-                self._last_forwarded[tenant] = (*destination, last_offsets[destination])
+                self.routes.forwarded(tenant, LanePosition(*destination, last_offsets[destination]))
 
     async def _commit(self, force: bool = False) -> None:
-        """Commit each owned partition up to its first held record (or all it forwarded)."""
+        """Commit each owned partition as far as `TenantRoutes.commit_offsets` allows."""
         now = time.monotonic()
         if self._consumer is None or not (force or now - self._last_commit >= COMMIT_EVERY_S):
             return
         self._last_commit = now
-        safe = dict(self._next_offsets)
-        for records in self._held.values():
-            for record in records:
-                first_held = min(safe.get(record.partition, record.offset), record.offset)
-                safe[record.partition] = first_held
-        offsets = {
-            TopicPartition(self.topics.ingress, partition): offset
-            for partition, offset in safe.items()
-            if partition in self._owned and self._committed.get(partition) != offset
-        }
+        offsets = self.routes.commit_offsets()
         if not offsets:
             return
+        ingress = self.topics.ingress
         try:
-            await self._consumer.commit(offsets)
+            await self._consumer.commit({TopicPartition(ingress, p): o for p, o in offsets.items()})
         except Exception as error:  # the next commit covers it; a crash meanwhile re-forwards
             log.warning("ingress offsets not committed: %s", type(error).__name__)
             return
-        self._committed.update({tp.partition: offset for tp, offset in offsets.items()})
+        self.routes.committed(offsets)
 
     @Service.timer(RELEASE_EVERY_S)
     async def _release_held(self) -> None:
         """Forward the records held during a cut once the old lane has drained the tenant, and
         those of a paused tenant once it is resumed."""
         async with self._forwarding:
-            released = [
-                tenant
-                for tenant in self._held
-                if tenant not in self._cutting and not self._paused(tenant)
-            ]
+            released = self.routes.releasable(self._paused)
             forwards = [
                 self._forward_record(tenant, record)
-                for tenant in released
-                for record in self._held.pop(tenant)
+                for tenant, records in released
+                for record in records
             ]
             await self._forward(forwards)
+            for tenant, records in released:
+                self.routes.released(tenant, len(records))
 
     def count_dlq(self, keys: Iterable[bytes]) -> None:
         now = time.time()
@@ -366,41 +356,33 @@ class Router(Service):
             log.exception("lane evaluation failed")
 
     async def _evaluate_lanes(self, now: float) -> None:
-        if self._cutting:
+        if self.routes.cuts():
             await self._complete_cuts()
         # Pinned tenants too: a pin takes effect even while the tenant sends nothing.
         known = self._active | set(self.lanes.placed()) | self.registry.directory.pinned()
         candidates = [
             tenant
             for tenant in known
-            if tenant not in self._cutting and self._partition_of(tenant) in self._owned
+            if not self.routes.cutting(tenant) and self._partition_of(tenant) in self._owned
         ]
         # A tenant leaves a dedicated lane only once that lane has (nearly) caught up with it,
         # so the cut holds its new records for a moment, not for the whole backlog's drain.
         in_lanes = [tenant for tenant in candidates if self.lanes.lane_of(tenant) is not None]
-        caught_up = await self._drained(in_lanes, slack=self.app.laneway.batch_max)
+        commits = await self._lane_commits_for(in_lanes)
+        caught_up = self.routes.drained(in_lanes, commits, slack=self.app.laneway.batch_max)
         for tenant in candidates:
             move = self._decision(tenant, now, lane_caught_up=tenant in caught_up)
             if move is not None:
-                self._cutting[tenant] = move
-        if self._cutting:
+                self.routes.start_cut(move)
+        if self.routes.cuts():
             await self._complete_cuts()  # a tenant with nothing left in its old lane moves now
 
     async def _complete_cuts(self) -> None:
-        for tenant in await self._drained(list(self._cutting)):
-            await self._apply(tenant, self._cutting.pop(tenant))
-
-    async def _drained(self, tenants: list[str], slack: int = 0) -> set[str]:
-        """The tenants whose lane has emitted every record forwarded to it for them, but for at
-        most `slack` (a tenant with nothing forwarded counts as drained)."""
-        forwarded = {t: self._last_forwarded[t] for t in tenants if t in self._last_forwarded}
-        committed = await self._lane_commits(forwarded.values()) if forwarded else {}
-        return {
-            tenant
-            for tenant in tenants
-            if tenant not in forwarded
-            or committed.get(forwarded[tenant][:2], -1) > forwarded[tenant][2] - slack
-        }
+        moves = self.routes.complete_cuts(await self._lane_commits_for(self.routes.cuts()))
+        for move in moves:  # all made: note each before publishing, which may fail
+            self._note(move)
+        for move in moves:
+            await self._announce(move)
 
     def _decision(self, tenant: str, now: float, lane_caught_up: bool) -> LaneMove | None:
         record = self.registry.directory.get(tenant)
@@ -421,45 +403,45 @@ class Router(Service):
             policy=self.policy,
         )
 
-    async def _apply(self, tenant: str, move: LaneMove) -> None:
-        self.lanes.apply(move)
-        entry = {
-            "tenant": tenant,
-            "from": move.from_lane,
-            "to": move.to_lane,
-            "reason": move.reason,
-            "at": _iso(move.at),
-        }
-        self.moves.setdefault(tenant, deque(maxlen=RECENT_MOVES_KEPT)).append(entry)
+    def _note(self, move: LaneMove) -> None:
+        """Add a move made to the tenant's recent moves, and log it."""
+        self.moves.setdefault(move.tenant, deque(maxlen=RECENT_MOVES_KEPT)).append(_entry(move))
         log.info(
             "tenant %s moved from lane %s to %s (%s)",
-            tenant,
+            move.tenant,
             move.from_lane,
             move.to_lane,
             move.reason,
         )
+
+    async def _announce(self, move: LaneMove) -> None:
+        """Publish a move made on the control topic, and the tenant's new state."""
+        tenant = move.tenant
         await self.app.producer.send(
-            self.topics.control, tenant.encode(), orjson.dumps(entry), None, None, None
+            self.topics.control, tenant.encode(), orjson.dumps(_entry(move)), None, None, None
         )
         await self.tenant_states.publish(tenant, self.state_document(tenant, time.time()))
 
-    async def _lane_commits(
-        self, destinations: Iterable[tuple[str, int, int]]
-    ) -> dict[tuple[str, int], int]:
+    async def _lane_commits_for(self, tenants: Iterable[str]) -> dict[LanePartition, int]:
+        """The lane commits `TenantRoutes.drained` needs for these tenants."""
+        partitions = self.routes.lane_partitions(tenants)
+        return await self._lane_commits(partitions) if partitions else {}
+
+    async def _lane_commits(self, partitions: Iterable[LanePartition]) -> dict[LanePartition, int]:
         """(lane topic, partition) -> the committed offset (the next record its worker reads)
         of the consumer group that processes that lane."""
         assert self._admin is not None
         settings = self.app.laneway
         by_group: dict[str, set[TopicPartition]] = {}
-        for topic, partition, _ in destinations:
+        for topic, partition in partitions:
             shared = topic == self.topics.shared_lane
             group = settings.app_id if shared else settings.lane_worker_app_id
             by_group.setdefault(group, set()).add(TopicPartition(topic, partition))
-        committed: dict[tuple[str, int], int] = {}
-        for group, partitions in by_group.items():
+        committed: dict[LanePartition, int] = {}
+        for group, group_partitions in by_group.items():
             try:
                 offsets = await self._admin.list_consumer_group_offsets(
-                    group, partitions=sorted(partitions)
+                    group, partitions=sorted(group_partitions)
                 )
             except Exception as error:  # no commit yet, or broker busy: nothing counts as drained
                 log.debug("lane offsets unavailable: %s", type(error).__name__)
@@ -501,6 +483,17 @@ def servable_lane(lane: object, dedicated_lanes: int) -> int | None:
     if isinstance(lane, int) and not isinstance(lane, bool) and 0 <= lane < dedicated_lanes:
         return lane
     return None
+
+
+def _entry(move: LaneMove) -> dict[str, Any]:
+    """A move as the control topic and the tenant's recent moves show it."""
+    return {
+        "tenant": move.tenant,
+        "from": move.from_lane,
+        "to": move.to_lane,
+        "reason": move.reason,
+        "at": _iso(move.at),
+    }
 
 
 def _iso(timestamp: float) -> str:

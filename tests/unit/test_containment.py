@@ -353,4 +353,4 @@ async def test_a_parked_record_is_nothing_for_a_lane_to_drain(
 
     await router._forward([forward, parked])
 
-    assert router._last_forwarded["acme"] == (TOPICS.shared_lane, 2, 5)
+    assert router.routes.last_forwarded("acme") == (TOPICS.shared_lane, 2, 5)
