@@ -3,27 +3,33 @@
 Each tenant the router routes has one `TenantRoute`:
 - `last_forwarded`: where its last record went (lane topic, partition, offset), once Kafka
   acknowledged it: what a lane must have emitted before the tenant may leave it;
+- `drain_to`: after a restart or rebalance, the lane partitions it may still have records in
+  and their end offsets then (the router does not know what it forwarded before): a cut waits
+  for those too;
 - `cut`: the lane move decided for it, waiting for the lane it leaves to drain;
-- `hold`: its ingress records kept back, in order, while a cut is in progress or the tenant is
-  paused.
+- `hold`: while a cut is in progress or the tenant is paused, its records wait in Kafka: the
+  hold is one ingress offset (a tenant's records all live in one ingress partition), never
+  records, so router memory stays bounded whatever a tenant does.
 Its lane itself lives in the `LaneAssignments` (`streams.lanes`) that the lane policy reads and
 `TenantRoutes` shares: a tenant changes lane only when its cut completes here.
 
 `TenantRoutes` answers the router's questions (the router does the I/O and the scheduling):
-- `hold`: does this record wait, or go to its tenant's lane now? A record waits if its tenant is
-  being cut over, is paused, or has earlier records waiting. No other tenant ever waits.
+- `hold`: does this record wait (the read loop counts and skips it), or go to its tenant's lane
+  now? A record waits if its tenant is being cut over, is paused, or has a hold. No other
+  tenant ever waits.
 - `commit_offsets`: how far each ingress partition may be committed: up to what the router read
-  and Kafka acknowledged forwarding (`advance`), never past the first held record.
+  and Kafka acknowledged forwarding (`advance`), and past a hold only once the hold is
+  persisted (`persisted`: the tenant-state document that names it was acknowledged), so a
+  restart finds it (`restore_hold`) instead of losing the skipped records.
 - `drained` / `complete_cuts`: given the committed offsets of the lanes' consumer groups (the next
-  record each reads), which tenants' lanes have emitted everything forwarded to them, and so
-  which cuts are complete. A completed cut changes the tenant's lane; its held records become
-  releasable.
-- `releasable` / `released`: the held records that may go now (no cut in progress, not paused),
-  in order; they stay held, their offsets uncommitted, until their forwards are acknowledged.
+  record each reads), which tenants' lanes have emitted everything forwarded to them (and, after
+  a restore, everything that was in them: `lane_ends`, `expect_drain`), and so which cuts are
+  complete. A completed cut changes the tenant's lane; its hold becomes releasable.
+- `releasable` / `replayed` / `end_hold`: the holds that may be replayed now (no cut in
+  progress, not paused); the router re-reads the tenant's records from Kafka from the hold's
+  offset, forwards them and moves the hold on as Kafka acknowledges, and ends the hold once it
+  has caught up with the read loop.
 - `forget`: drop a tenant another router owns now.
-
-A hold records the ingress offset it starts from per partition (`Hold.first`), which is all the
-commit needs: a hold could be kept as an offset range and re-read from Kafka instead of a list.
 """
 
 from __future__ import annotations
@@ -48,20 +54,16 @@ class LanePosition(NamedTuple):
 
 @dataclass(slots=True)
 class Hold:
-    """Ingress records kept back, in ingress order."""
+    """Every record of a tenant from `offset` on in ingress `partition` waits in Kafka: the read
+    loop skips them, a replay forwards them once the hold is released."""
 
-    records: list[IngressRecord] = field(default_factory=list)
-    first: dict[int, int] = field(default_factory=dict)  # partition -> offset of its first record
+    partition: int
+    offset: int  # the first held record not yet forwarded (and acknowledged)
+    persisted: int | None = None  # the offset that the tenant's acknowledged state document names
 
-    def add(self, record: IngressRecord) -> None:
-        self.records.append(record)
-        self.first.setdefault(record.partition, record.offset)
-
-    def drop_first(self, count: int) -> None:
-        del self.records[:count]
-        self.first = {}
-        for record in self.records:
-            self.first.setdefault(record.partition, record.offset)
+    def covered(self) -> bool:
+        """True if a restart would find every record still held (the commit may pass them)."""
+        return self.persisted is not None and self.persisted <= self.offset
 
 
 @dataclass(slots=True)
@@ -69,6 +71,9 @@ class TenantRoute:
     """One tenant's routing state; its lane is in the shared `LaneAssignments`."""
 
     last_forwarded: LanePosition | None = None
+    # Lane partition -> the last offset there that may hold a record of the tenant, from before
+    # a restore: each entry goes once its lane's group has committed past it.
+    drain_to: dict[LanePartition, int] = field(default_factory=dict)
     cut: LaneMove | None = None
     hold: Hold | None = None  # None: nothing held
 
@@ -80,7 +85,7 @@ class TenantRoute:
 class TenantRoutes:
     """tenant id -> TenantRoute, and the ingress offsets that may be committed."""
 
-    __slots__ = ("_acknowledged", "_committed", "_routes", "_waiting", "lanes")
+    __slots__ = ("_acknowledged", "_committed", "_lane_ends", "_routes", "_waiting", "lanes")
 
     def __init__(self, lanes: LaneAssignments) -> None:
         self.lanes = lanes
@@ -91,28 +96,36 @@ class TenantRoutes:
         # partition -> next offset: every record before it was forwarded and acknowledged, or held
         self._acknowledged: dict[int, int] = {}
         self._committed: dict[int, int] = {}
+        # Lane partition -> its last offset when the router took partitions, until its group has
+        # committed past it: what any tenant of theirs may still have in that lane.
+        self._lane_ends: dict[LanePartition, int] = {}
+
+    def _route(self, tenant: str) -> TenantRoute:
+        route = self._routes.get(tenant)
+        if route is None:
+            route = self._routes[tenant] = TenantRoute()
+        return route
 
     # ---------------------------------------------------------------- hot path
 
     def hold(self, tenant: str, record: IngressRecord, paused: bool) -> bool:
-        """Keep `record` back and return True if it must wait; False: forward it now."""
+        """True if `record` must wait (the hold covers it from now on); False: forward it now."""
         route = self._routes.get(tenant)
         if not paused and (route is None or (route.cut is None and route.hold is None)):
             return False
         if route is None:
             route = self._routes[tenant] = TenantRoute()
-        if route.hold is None:
-            route.hold = Hold()
+        hold = route.hold
+        if hold is None:
+            route.hold = Hold(record.partition, record.offset)
             self._waiting[tenant] = route
-        route.hold.add(record)
+        elif record.offset < hold.offset:  # re-read after a restore: the hold starts earlier
+            hold.offset = record.offset
         return True
 
     def forwarded(self, tenant: str, position: LanePosition) -> None:
         """Kafka acknowledged a record of `tenant` at `position` (or a later one there)."""
-        route = self._routes.get(tenant)
-        if route is None:
-            route = self._routes[tenant] = TenantRoute()
-        route.last_forwarded = position
+        self._route(tenant).last_forwarded = position
 
     def advance(self, read_to: Mapping[int, int]) -> None:
         """partition -> next offset: every record read before it was forwarded and acknowledged,
@@ -123,14 +136,13 @@ class TenantRoutes:
 
     def commit_offsets(self) -> dict[int, int]:
         """partition -> the ingress offset to commit now, for each partition where it changed
-        since the last `committed`: never past a record held or not yet acknowledged."""
+        since the last `committed`: never past a record not yet acknowledged, nor past the first
+        record of a hold that is not persisted yet."""
         safe = dict(self._acknowledged)
         for route in self._waiting.values():
-            if route.hold is None:
-                continue
-            for partition, first in route.hold.first.items():
-                if partition in safe:
-                    safe[partition] = min(safe[partition], first)
+            hold = route.hold
+            if hold is not None and not hold.covered() and hold.partition in safe:
+                safe[hold.partition] = min(safe[hold.partition], hold.offset)
         return {p: offset for p, offset in safe.items() if self._committed.get(p) != offset}
 
     def committed(self, offsets: Mapping[int, int]) -> None:
@@ -142,54 +154,150 @@ class TenantRoutes:
             self._acknowledged.pop(partition, None)
             self._committed.pop(partition, None)
 
+    # ---------------------------------------------------------------- holds
+
+    def hold_of(self, tenant: str) -> Hold | None:
+        route = self._routes.get(tenant)
+        return None if route is None else route.hold
+
+    def unpersisted(self) -> list[str]:
+        """The tenants whose hold (or its progress) their persisted state does not name yet."""
+        return [
+            tenant
+            for tenant, route in self._waiting.items()
+            if route.hold is not None and route.hold.persisted != route.hold.offset
+        ]
+
+    def persisted(self, tenant: str, hold: Hold, offset: int) -> None:
+        """Kafka acknowledged a state document of `tenant` that names `hold` at `offset`. A
+        hold ended (and persisted as ended) since is not covered by it, even if a new one began."""
+        if self.hold_of(tenant) is hold and offset <= hold.offset:
+            hold.persisted = offset
+
+    def restore_hold(self, tenant: str, partition: int, offset: int) -> None:
+        """Adopt a persisted hold: the tenant's records from `offset` on wait in Kafka."""
+        route = self._route(tenant)
+        route.hold = Hold(partition, offset, persisted=offset)
+        self._waiting[tenant] = route
+
+    def releasable(self, paused: Callable[[str], bool]) -> list[tuple[str, Hold]]:
+        """The holds that may be replayed now: those of tenants with no cut in progress that
+        `paused` says are not paused."""
+        return [
+            (tenant, route.hold)
+            for tenant, route in self._waiting.items()
+            if route.hold is not None and route.cut is None and not paused(tenant)
+        ]
+
+    def replayed(self, tenant: str, offset: int) -> None:
+        """Kafka acknowledged the forwards of the tenant's held records before `offset`."""
+        hold = self.hold_of(tenant)
+        if hold is not None:
+            hold.offset = max(hold.offset, offset)
+
+    def end_hold(self, tenant: str) -> None:
+        """The replay caught up with the read loop: the tenant's records go straight on again."""
+        route = self._routes.get(tenant)
+        if route is not None and route.hold is not None:
+            route.hold = None
+            self._settle(tenant, route)
+
     # ---------------------------------------------------------------- drains and cuts
 
     def last_forwarded(self, tenant: str) -> LanePosition | None:
         route = self._routes.get(tenant)
         return None if route is None else route.last_forwarded
 
+    def lane_ends(self, ends: Mapping[LanePartition, int]) -> None:
+        """The end offsets (next offset) of lane partitions, read when the router took ingress
+        partitions: until their groups commit past them, any tenant may have records there."""
+        for lane_partition, end in ends.items():
+            if end > 0:
+                last = max(end - 1, self._lane_ends.get(lane_partition, -1))
+                self._lane_ends[lane_partition] = last
+
+    def expect_drain(self, tenant: str, lane_partitions: Iterable[LanePartition]) -> None:
+        """`tenant` may have records in these lane partitions up to their `lane_ends`: it counts
+        as drained of them only once their groups have committed past those ends."""
+        route: TenantRoute | None = None
+        for lane_partition in lane_partitions:
+            last = self._lane_ends.get(lane_partition)
+            if last is None:
+                continue
+            route = route or self._route(tenant)
+            route.drain_to[lane_partition] = max(last, route.drain_to.get(lane_partition, -1))
+
     def lane_partitions(self, tenants: Iterable[str]) -> set[LanePartition]:
         """The lane partitions whose committed offsets `drained` needs for these tenants."""
-        positions = (self.last_forwarded(tenant) for tenant in tenants)
-        return {(p.topic, p.partition) for p in positions if p is not None}
+        needed: set[LanePartition] = set()
+        for tenant in tenants:
+            route = self._routes.get(tenant)
+            if route is None:
+                continue
+            if route.last_forwarded is not None:
+                needed.add((route.last_forwarded.topic, route.last_forwarded.partition))
+            needed.update(route.drain_to)
+        return needed
 
     def drained(
         self, tenants: Iterable[str], lane_commits: Mapping[LanePartition, int], slack: int = 0
     ) -> set[str]:
-        """The tenants whose lane has emitted every record forwarded to it for them, but for at
-        most `slack`. `lane_commits`: (lane topic, partition) -> the committed offset of the
-        group that reads it, i.e. the next record it reads. A tenant with nothing forwarded, or
-        nothing acknowledged yet, counts as drained."""
+        """The tenants whose lanes have emitted every record forwarded to them for them, and
+        every record that was in them at a restore (`expect_drain`), but for at most `slack`.
+        `lane_commits`: (lane topic, partition) -> the committed offset of the group that reads
+        it, i.e. the next record it reads. A tenant with nothing forwarded nor expected counts
+        as drained."""
+        for lane_partition, last in list(self._lane_ends.items()):
+            if lane_commits.get(lane_partition, -1) > last:
+                del self._lane_ends[lane_partition]  # every tenant is past it for good
         done = set()
         for tenant in tenants:
-            position = self.last_forwarded(tenant)
-            if position is None:
+            route = self._routes.get(tenant)
+            if route is None:
                 done.add(tenant)
                 continue
-            committed = lane_commits.get((position.topic, position.partition), -1)
-            if committed > position.offset - slack:
+            targets = list(route.drain_to.items())
+            if route.last_forwarded is not None:
+                position = route.last_forwarded
+                targets.append(((position.topic, position.partition), position.offset))
+            if all(lane_commits.get(lp, -1) > last - slack for lp, last in targets):
                 done.add(tenant)
+            for lane_partition, last in list(route.drain_to.items()):
+                if lane_commits.get(lane_partition, -1) > last:
+                    del route.drain_to[lane_partition]
         return done
 
-    def start_cut(self, move: LaneMove) -> None:
-        """From now on the tenant's records are held until the lane it leaves is drained."""
-        route = self._routes.get(move.tenant)
-        if route is None:
-            route = self._routes[move.tenant] = TenantRoute()
+    def start_cut(self, move: LaneMove, may_be_in: Iterable[LanePartition] = ()) -> None:
+        """From now on the tenant's records are held until the lanes it may have records in
+        are drained: those it was forwarded to, and `may_be_in` up to their `lane_ends`."""
+        self.expect_drain(move.tenant, may_be_in)
+        route = self._route(move.tenant)
         route.cut = move
         self._waiting[move.tenant] = route
 
-    def cutting(self, tenant: str) -> bool:
+    def restore_cut(self, move: LaneMove, may_be_in: Iterable[LanePartition] = ()) -> None:
+        """Resume a persisted cut, unless the tenant is no longer in the lane it leaves."""
+        if self.lanes.lane_of(move.tenant) == move.from_lane:
+            self.start_cut(move, may_be_in)
+
+    def cut_of(self, tenant: str) -> LaneMove | None:
         route = self._routes.get(tenant)
-        return route is not None and route.cut is not None
+        return None if route is None else route.cut
+
+    def cutting(self, tenant: str) -> bool:
+        return self.cut_of(tenant) is not None
 
     def cuts(self) -> list[str]:
         """The tenants with a cut in progress."""
         return [tenant for tenant, route in self._waiting.items() if route.cut is not None]
 
+    def waiting(self) -> list[str]:
+        """The tenants with a cut in progress or a hold."""
+        return list(self._waiting)
+
     def complete_cuts(self, lane_commits: Mapping[LanePartition, int]) -> list[LaneMove]:
-        """Complete the cuts whose old lane is drained (see `drained`): apply their moves to the
-        lanes and return them. A move made stale by a lane change since it was decided is
+        """Complete the cuts whose old lanes are drained (see `drained`): apply their moves to
+        the lanes and return them. A move made stale by a lane change since it was decided is
         dropped, not applied; the tenant's held records go to the lane it is in."""
         applied = []
         for tenant in self.drained(self.cuts(), lane_commits):
@@ -200,27 +308,6 @@ class TenantRoutes:
                 self.lanes.apply(move)
                 applied.append(move)
         return applied
-
-    # ---------------------------------------------------------------- releases
-
-    def releasable(self, paused: Callable[[str], bool]) -> list[tuple[str, list[IngressRecord]]]:
-        """Per tenant, in order: the held records that may go now, those of tenants with no cut
-        in progress that `paused` says are not paused. They stay held until `released`."""
-        return [
-            (tenant, list(route.hold.records))
-            for tenant, route in self._waiting.items()
-            if route.hold is not None and route.cut is None and not paused(tenant)
-        ]
-
-    def released(self, tenant: str, count: int) -> None:
-        """Kafka acknowledged the forwards of the first `count` records `releasable` gave."""
-        route = self._routes.get(tenant)
-        if route is None or route.hold is None:
-            return
-        route.hold.drop_first(count)
-        if not route.hold.records:
-            route.hold = None
-            self._settle(tenant, route)
 
     # ---------------------------------------------------------------- tenants
 

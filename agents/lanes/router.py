@@ -20,16 +20,27 @@ each lane is a Faust agent (`agents.lanes.processor`), the same code for every l
   active tenant's state (volume windows, lane, recent moves) to the compacted tenant-state topic
   that every worker mirrors.
 - Every move is a cut (invariant 2, drain first): from the decision on, the tenant's new records
-  are held, their ingress offsets uncommitted, until the consumer group of the lane it leaves
-  has committed past the last record forwarded there, i.e. emitted all of the tenant's earlier
-  messages. Then the move is applied and the held records go, in order, to the new lane. Other
-  tenants are never held. Ingress offsets are committed only up to the first held record, after
-  Kafka acknowledged the forwards: a crash re-forwards (same idempotency keys), never loses.
+  are held until the consumer group of the lane it leaves has committed past the last record
+  forwarded there, i.e. emitted all of the tenant's earlier messages. Then the move is applied
+  and the held records go, in order, to the new lane. Other tenants are never held.
   A move out of a dedicated lane is decided only once that lane is within one batch of done
   with the tenant (the lane worker drains at a bounded rate): the cut then holds records for a
   moment, not for the whole backlog.
-- A paused tenant's records are held the same way: they wait in Kafka (uncommitted) and in
-  order, while ingest refuses the tenant anything new (AR / 503), until it is resumed.
+- A paused tenant's records are held the same way, while ingest refuses the tenant anything new
+  (AR / 503), until it is resumed.
+- A hold waits in Kafka, never in memory: it is one ingress offset. The read loop counts a held
+  tenant's records and skips them; the hold is persisted in the tenant's state document
+  (acks=all) before the ingress commit may pass it. Released (cut complete, or resumed), a
+  replay with a consumer of its own re-reads the tenant's partition from that offset, forwards
+  its records in order, moves the hold on as Kafka acknowledges (persisted each second, so a
+  crash resumes there), and ends it under the forwarding lock once it has caught up with the
+  read loop. Ingress is committed after Kafka acknowledged the forwards: a crash re-forwards
+  (same idempotency keys), never loses.
+- Restarts and rebalances: on taking ingress partitions the router adopts its tenants' persisted
+  lanes, cuts and holds, and, not knowing what it forwarded before, reads the end offsets of
+  their shared-lane partitions and of the dedicated lanes: a cut then also waits until those
+  lanes' groups are past them, so a pin or demotion right after a restart keeps per-tenant
+  order.
 - That bookkeeping (what is held, how far ingress may be committed, which cuts are complete,
   what a release forwards) is pure code with unit tests: `streams.cutover.TenantRoutes`, one
   `TenantRoute` per tenant. The router does the I/O and the timing: it reads and commits
@@ -40,6 +51,7 @@ each lane is a Faust agent (`agents.lanes.processor`), the same code for every l
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -48,7 +60,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 from mode import Service
@@ -57,7 +69,7 @@ from agents.state.publisher import BatchPublisher
 from agents.state.registry import TenantRegistry
 from agents.state.tenant_state import TenantStateMirror
 from streams.app import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES, LanewayApp
-from streams.cutover import LanePartition, LanePosition, TenantRoutes
+from streams.cutover import Hold, LanePartition, LanePosition, TenantRoutes
 from streams.lanes import LaneAssignments, LaneMove, LanePolicy, decide
 from streams.processing import (
     INTERNAL_ERROR,
@@ -77,12 +89,17 @@ log = logging.getLogger(__name__)
 RECENT_MOVES_KEPT = 10
 COMMIT_EVERY_S = 0.5
 RELEASE_EVERY_S = 0.1
+RESTORE_RETRY_S = 1.0
+RESTORE_TIMEOUT_S = 10.0
 FETCH_TIMEOUT_MS = 100
 # Records per pass: one produce request per pass, and fewer, larger requests cost less CPU
 # (measured in `make bench-isolation`: 100 records per pass raised the quiet tenants' burst p99
 # from ~105 to 144 ms).
 READ_BATCH_MAX = 1000
 ROUTER_FETCH_BYTES = 4 * 1024 * 1024
+# A replay takes the forwarding lock for its last stretch once at most this many records of the
+# partition are left to re-read: the read loop waits for about one batch.
+LAST_STRETCH = READ_BATCH_MAX
 
 
 class Router(Service):
@@ -120,6 +137,9 @@ class Router(Service):
         self._active: set[str] = set()
         self._wanted: set[int] | None = None  # ingress partitions to read, set by Faust's rebalance
         self._owned: set[int] = set()
+        # ingress partition -> the next offset the read loop handles: where a replay ends
+        self._position: dict[int, int] = {}
+        self._replays: dict[int, asyncio.Task[None]] = {}  # ingress partition -> its replay
         self._last_commit = 0.0
         self._consumer: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
@@ -151,6 +171,7 @@ class Router(Service):
         self.ready.set()
 
     async def on_stop(self) -> None:
+        await self._stop_replays(list(self._replays))
         async with self._forwarding:
             await self._commit(force=True)
         if self._consumer is not None:
@@ -186,37 +207,40 @@ class Router(Service):
                     if tp.partition not in self._owned:
                         continue  # revoked while fetched
                     for message in messages:
-                        record = IngressRecord(
-                            message.key,
-                            message.value,
-                            message.topic,
-                            message.partition,
-                            message.offset,
-                            message.timestamp,
-                            incarnation_of(message.headers),
-                        )
-                        destination = self._route_contained(record, now)
+                        destination = self._route_contained(_ingress_record(message), now)
                         if destination is not None:
                             forwards.append(destination)
                     read_to[tp.partition] = messages[-1].offset + 1
                 await self._forward(forwards)
                 self.routes.advance(read_to)
+                self._position.update(read_to)
                 await self._commit()
 
     async def _take_partitions(self, wanted: set[int]) -> None:
         """Follow Faust's assignment of the shared lane: read the same ingress partitions."""
         assert self._consumer is not None
         self._wanted = None
+        dropped = self._owned - wanted
+        for partition in dropped:  # no replay starts there any more
+            self._position.pop(partition, None)
+        await self._stop_replays(dropped)
         async with self._forwarding:
             await self._commit(force=True)
-            dropped, added = self._owned - wanted, wanted - self._owned
+            added = wanted - self._owned
             for tenant in [t for t in self._known_tenants() if self._partition_of(t) in dropped]:
                 self._forget(tenant)
             self.routes.drop_partitions(dropped)
             self._owned = set(wanted)
             ingress = self.topics.ingress
             self._consumer.assign([TopicPartition(ingress, p) for p in sorted(self._owned)])
+            # The previous owner persisted its holds before it committed past them: read all of
+            # its state before adopting it.
+            await self.tenant_states.caught_up(timeout_s=RESTORE_TIMEOUT_S)
             self._restore(added)
+            await self._recover_drains(added)
+            for partition in added:
+                tp = TopicPartition(ingress, partition)
+                self._position[partition] = await self._consumer.position(tp)
             log.info("router reads ingress partitions %s", sorted(self._owned))
 
     def _restore(self, partitions: set[int]) -> None:
@@ -237,6 +261,65 @@ class Router(Service):
             if lane is not None:
                 self.lanes.restore(tenant_id, lane, document.get("moved_at"))
             self.moves[tenant_id] = deque(document.get("moves", []), maxlen=RECENT_MOVES_KEPT)
+            self._restore_waiting(tenant_id, document)
+
+    def _restore_waiting(self, tenant: str, document: dict[str, Any]) -> None:
+        """Adopt the persisted cut and hold of a tenant (their drain targets come after, in
+        `_recover_drains`)."""
+        hold = document.get("hold")
+        if isinstance(hold, dict):
+            self.routes.restore_hold(tenant, int(hold["partition"]), int(hold["offset"]))
+        cut = document.get("cut")
+        dedicated = self.app.laneway.dedicated_lanes
+        if isinstance(cut, dict) and all(
+            lane is None or servable_lane(lane, dedicated) is not None
+            for lane in (cut["from"], cut["to"])
+        ):
+            self.routes.restore_cut(
+                LaneMove(tenant, cut["from"], cut["to"], cut["reason"], float(cut["at"]))
+            )
+
+    async def _recover_drains(self, partitions: set[int]) -> None:
+        """What this router forwarded before it took `partitions` is unknown: the tenants of
+        those partitions may have records in their shared-lane partition and in their dedicated
+        lane up to the lanes' current ends. Read the ends, and make every cut wait for them."""
+        if not partitions:
+            return
+        settings = self.app.laneway
+        lane_partitions = [(self.topics.shared_lane, p) for p in sorted(partitions)] + [
+            (self.topics.dedicated_lane(lane), 0) for lane in range(settings.dedicated_lanes)
+        ]
+        self.routes.lane_ends(await self._end_offsets(lane_partitions))
+        directory = self.registry.directory
+        restored = {*self.tenant_states.states, *self.routes.tenants(), *directory.pinned()}
+        for tenant in restored:
+            if self._partition_of(tenant) in partitions:
+                self.routes.expect_drain(tenant, self._lanes_of(tenant))
+
+    async def _end_offsets(self, lane_partitions: list[LanePartition]) -> dict[LanePartition, int]:
+        """The lane partitions' end offsets; retried until Kafka answers: without them no cut
+        could know what to wait for."""
+        assert self._consumer is not None
+        tps = [TopicPartition(topic, partition) for topic, partition in lane_partitions]
+        while True:
+            try:
+                ends = await self._consumer.end_offsets(tps)
+            except Exception as error:
+                log.warning("lane end offsets unavailable: %s", type(error).__name__)
+                await asyncio.sleep(RESTORE_RETRY_S)
+                continue
+            return {(tp.topic, tp.partition): offset for tp, offset in ends.items()}
+
+    def _lanes_of(self, tenant: str) -> list[LanePartition]:
+        """The lane partitions the tenant may have records in: its shared-lane partition, its
+        dedicated lane, and the lanes of a cut in progress."""
+        dedicated = {self.lanes.lane_of(tenant)}
+        cut = self.routes.cut_of(tenant)
+        if cut is not None:
+            dedicated |= {cut.from_lane, cut.to_lane}
+        shared = (self.topics.shared_lane, self._partition_of(tenant))
+        lanes = sorted(lane for lane in dedicated if lane is not None)
+        return [shared, *((self.topics.dedicated_lane(lane), 0) for lane in lanes)]
 
     def _forget(self, tenant: str) -> None:
         self.volumes.forget(tenant)
@@ -324,18 +407,116 @@ class Router(Service):
 
     @Service.timer(RELEASE_EVERY_S)
     async def _release_held(self) -> None:
-        """Forward the records held during a cut once the old lane has drained the tenant, and
-        those of a paused tenant once it is resumed."""
-        async with self._forwarding:
-            released = self.routes.releasable(self._paused)
-            forwards = [
-                self._forward_record(tenant, record)
-                for tenant, records in released
-                for record in records
-            ]
-            await self._forward(forwards)
-            for tenant, records in released:
-                self.routes.released(tenant, len(records))
+        """Start a replay for each hold that may go now (its cut complete, or its tenant
+        resumed): one at a time per ingress partition."""
+        for tenant, hold in self.routes.releasable(self._paused):
+            partition = hold.partition
+            if partition in self._replays or partition not in self._position:
+                continue
+            task = asyncio.create_task(self._replay(tenant, partition))
+            self._replays[partition] = task
+            task.add_done_callback(functools.partial(self._replay_done, partition))
+
+    def _replay_done(self, partition: int, task: asyncio.Task[None]) -> None:
+        if self._replays.get(partition) is task:
+            del self._replays[partition]
+        if not task.cancelled() and task.exception() is not None:
+            error = task.exception()
+            log.error("replay of held records failed (%s): retried", type(error).__name__)
+
+    async def _stop_replays(self, partitions: Iterable[int]) -> None:
+        tasks = [task for p in partitions if (task := self._replays.get(p)) is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _replay(self, tenant: str, partition: int) -> None:
+        """Forward a released hold: re-read the tenant's ingress partition from the hold's
+        offset with a consumer of its own (no group), forward that tenant's records in order to
+        its lane, and move the hold on as Kafka acknowledges them (persisted each second, so a
+        crash resumes here). The last stretch, up to where the read loop is, runs under the
+        forwarding lock; then the hold ends and the read loop forwards the tenant again."""
+        settings = self.app.laneway
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",  # past retention: what is left (docs/limits.md)
+            max_partition_fetch_bytes=max(settings.max_fetch_bytes, ROUTER_FETCH_BYTES),
+        )
+        await consumer.start()
+        try:
+            tp = TopicPartition(self.topics.ingress, partition)
+            consumer.assign([tp])
+            hold = self.routes.hold_of(tenant)
+            if hold is None:
+                return
+            consumer.seek(tp, hold.offset)
+            first = True  # the first fetch may take a while: never under the lock
+            while self._releasable(tenant, hold):
+                left = self._position[partition] - hold.offset
+                if left > LAST_STRETCH or (first and left > 0):
+                    first = False
+                    forwards, read_to = await self._reread(consumer, tp, tenant, hold)
+                    async with self._forwarding:
+                        if not self._releasable(tenant, hold):
+                            return  # cut or paused again: the hold stays where it is
+                        await self._forward(forwards)
+                        self.routes.replayed(tenant, read_to)
+                    continue
+                async with self._forwarding:
+                    while (
+                        self._releasable(tenant, hold) and hold.offset < self._position[partition]
+                    ):
+                        forwards, read_to = await self._reread(consumer, tp, tenant, hold)
+                        await self._forward(forwards)
+                        self.routes.replayed(tenant, read_to)
+                    if not self._releasable(tenant, hold):
+                        return
+                    self.routes.end_hold(tenant)
+                await self._publish_state(tenant, time.time())  # the hold's end
+                return
+        finally:
+            await consumer.stop()
+
+    def _releasable(self, tenant: str, hold: Hold) -> bool:
+        """True while `hold` is the tenant's and may go: its partition still read here, no cut
+        started, not paused again."""
+        return (
+            self.routes.hold_of(tenant) is hold
+            and hold.partition in self._position
+            and not self.routes.cutting(tenant)
+            and not self._paused(tenant)
+        )
+
+    async def _reread(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, tenant: str, hold: Hold
+    ) -> tuple[list[OutgoingRecord], int]:
+        """The next batch of the hold's records up to where the read loop is, as forwards, and
+        the offset after the batch."""
+        until = self._position[tp.partition]
+        fetched: list[ConsumerRecord[bytes, bytes]] = []
+        while not fetched:
+            batches = await consumer.getmany(
+                tp, timeout_ms=FETCH_TIMEOUT_MS, max_records=READ_BATCH_MAX
+            )
+            fetched = batches.get(tp, [])
+        if fetched[0].offset > hold.offset:
+            log.error(
+                "held records of tenant %s at ingress %d:%d-%d are past retention: lost",
+                tenant,
+                tp.partition,
+                hold.offset,
+                min(fetched[0].offset, until) - 1,
+            )
+        messages = [m for m in fetched if m.offset < until]
+        read_to = messages[-1].offset + 1 if messages else until
+        if len(messages) < len(fetched):
+            consumer.seek(tp, read_to)  # what was fetched beyond is the read loop's, or later
+        key = tenant.encode()
+        forwards = [
+            self._forward_record(tenant, _ingress_record(m)) for m in messages if m.key == key
+        ]
+        return forwards, read_to
 
     def count_dlq(self, keys: Iterable[bytes]) -> None:
         now = time.time()
@@ -373,12 +554,16 @@ class Router(Service):
         for tenant in candidates:
             move = self._decision(tenant, now, lane_caught_up=tenant in caught_up)
             if move is not None:
-                self.routes.start_cut(move)
+                self.routes.start_cut(move, may_be_in=self._lanes_of(tenant))
         if self.routes.cuts():
             await self._complete_cuts()  # a tenant with nothing left in its old lane moves now
 
     async def _complete_cuts(self) -> None:
-        moves = self.routes.complete_cuts(await self._lane_commits_for(self.routes.cuts()))
+        commits = await self._lane_commits_for(self.routes.cuts())
+        # Under the lock: a forward in flight has updated the tenant's last position when Kafka
+        # acknowledged it, so a cut cannot complete before it.
+        async with self._forwarding:
+            moves = self.routes.complete_cuts(commits)
         for move in moves:  # all made: note each before publishing, which may fail
             self._note(move)
         for move in moves:
@@ -458,10 +643,19 @@ class Router(Service):
         now = time.time()
         active, self._active = self._active, set()
         try:
-            for tenant in active | set(self.lanes.placed()):
-                await self.tenant_states.publish(tenant, self.state_document(tenant, now))
+            for tenant in active | set(self.lanes.placed()) | set(self.routes.waiting()):
+                await self._publish_state(tenant, now)
         except Exception as error:  # the broker is away: the next second's state supersedes
             log.warning("tenant state not published: %s", type(error).__name__)
+
+    async def _publish_state(self, tenant: str, now: float) -> None:
+        """Publish the tenant's state (acks=all); once acknowledged, the ingress commit may
+        pass the hold it names."""
+        hold = self.routes.hold_of(tenant)
+        document = self.state_document(tenant, now)
+        await self.tenant_states.publish(tenant, document)
+        if hold is not None:
+            self.routes.persisted(tenant, hold, document["hold"]["offset"])
 
     def state_document(self, tenant: str, now: float) -> dict[str, Any]:
         snapshot = self.volumes.snapshot(tenant, now)
@@ -474,7 +668,22 @@ class Router(Service):
             "volume": self.volumes.state(tenant),
             "rates": snapshot.as_dict(),
             "updated_at": now,
+            # A cut in progress and a hold: what a restart (or the next owner) resumes.
+            "cut": _cut_entry(self.routes.cut_of(tenant)),
+            "hold": _hold_entry(self.routes.hold_of(tenant)),
         }
+
+
+def _ingress_record(message: ConsumerRecord[bytes, bytes]) -> IngressRecord:
+    return IngressRecord(
+        message.key,
+        message.value,
+        message.topic,
+        message.partition,
+        message.offset,
+        message.timestamp,
+        incarnation_of(message.headers),
+    )
 
 
 def servable_lane(lane: object, dedicated_lanes: int) -> int | None:
@@ -494,6 +703,16 @@ def _entry(move: LaneMove) -> dict[str, Any]:
         "reason": move.reason,
         "at": _iso(move.at),
     }
+
+
+def _cut_entry(move: LaneMove | None) -> dict[str, Any] | None:
+    if move is None:
+        return None
+    return {"from": move.from_lane, "to": move.to_lane, "reason": move.reason, "at": move.at}
+
+
+def _hold_entry(hold: Hold | None) -> dict[str, int] | None:
+    return None if hold is None else {"partition": hold.partition, "offset": hold.offset}
 
 
 def _iso(timestamp: float) -> str:

@@ -1,0 +1,225 @@
+"""Holds wait in Kafka, and cut-overs survive restarts (streams/cutover.py, agents/lanes/router.py).
+
+Each test runs workers of its own (own app id and topics), so a kill -9 or a restart disturbs no
+other test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from streams.hl7.synthetic import SyntheticFeed
+from streams.processing import guess_control_id
+from streams.settings import Settings
+from streams.topics import TopicNames
+from tests.harness import Api, WorkerProcess, consume_until, own_worker_env
+from tests.integration.test_lanes import pin, tenant_moves
+
+pytestmark = pytest.mark.integration
+
+PAUSED_RECORDS = 50_000
+WARM_UP_RECORDS = 5_000
+# What the worker's RSS may grow by while 50,000 held records (~25 MB of HL7) pass it: fetch
+# buffers and allocator slack, not the records.
+RSS_GROWTH_MAX_MB = 12
+BACKLOG_RECORDS = 3_000
+AFTER_PIN_RECORDS = 300
+
+
+def settings_of(env: dict[str, str]) -> Settings:
+    """The settings a worker started with `env` runs with."""
+    fields = {
+        name.removeprefix("LANEWAY_").lower(): value
+        for name, value in env.items()
+        if name.startswith("LANEWAY_")
+    }
+    return Settings(_env_file=None, **fields)  # type: ignore[call-arg]
+
+
+def killed_and_restarted(worker: WorkerProcess, log_path: Path) -> WorkerProcess:
+    """kill -9, then the same worker again, logging to `log_path`: the old log already says
+    ready."""
+    worker.kill()
+    restarted = WorkerProcess(worker.env, log_path)
+    restarted.start()
+    return restarted
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+async def end_offsets(
+    bootstrap: str, partitions: list[TopicPartition]
+) -> dict[TopicPartition, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        return await consumer.end_offsets(partitions)
+    finally:
+        await consumer.stop()
+
+
+async def committed(bootstrap: str, group: str, partition: TopicPartition) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group, partitions=[partition])
+        meta = offsets.get(partition)
+        return -1 if meta is None else meta.offset
+    finally:
+        await admin.close()
+
+
+async def until(condition_s: float, check: object, what: str) -> None:
+    """Poll the async `check` until it returns True, at most `condition_s` seconds."""
+    deadline = time.monotonic() + condition_s
+    while not await check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.2)
+
+
+async def send(
+    producer: AIOKafkaProducer, topic: str, tenant_id: str, feed: SyntheticFeed, count: int
+) -> list[str]:
+    """`count` messages straight into ingress (ingest refuses a paused tenant; another producer
+    may not), in order; their control ids."""
+    sent = []
+    for _ in range(count):
+        payload = feed.next_message()
+        await producer.send(topic, payload, key=tenant_id.encode())
+        sent.append(guess_control_id(payload))
+    await producer.flush()
+    return sent
+
+
+def first_seen(records: list) -> list[str]:
+    """Control ids in emission order, each once: consumers drop duplicates by key."""
+    seen: dict[str, str] = {}
+    for record in records:
+        event = json.loads(record.value)
+        seen.setdefault(event["idempotency_key"], event["control_id"])
+    return list(seen.values())
+
+
+async def test_a_long_pause_waits_in_kafka_not_in_memory_and_survives_a_kill(
+    worker_env: dict, producer: AIOKafkaProducer, bootstrap: str, tmp_path: Path, admin_token: str
+) -> None:
+    """A paused tenant that keeps sending: the router's memory does not grow with its records,
+    the ingress commit moves past them, a kill -9 loses none, and a resume emits all, in order."""
+    env = own_worker_env(worker_env, "holdpause", tmp_path / "data", lanes_enabled="false")
+    topics = TopicNames(env["LANEWAY_TOPIC_PREFIX"])
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    worker.start()
+    try:
+        async with Api.of(worker) as api:
+            tenant_id = (await api.onboard(f"held-{uuid.uuid4().hex[:6]}"))["id"]
+            status, answer = await api.call(
+                "POST", f"/api/tenants/{tenant_id}/pause", token=api.admin_token
+            )
+            assert status == 200, answer
+        feed = SyntheticFeed(seed=21, control_id_prefix="HOLD-", escape_rate=0)
+        settings = settings_of(env)
+        partitions = [TopicPartition(topics.ingress, p) for p in range(settings.ingress_partitions)]
+
+        async def commits_past(count: int) -> bool:
+            ends = await end_offsets(bootstrap, partitions)
+            if sum(ends.values()) < count:
+                return False
+            for tp, end in ends.items():
+                if end and await committed(bootstrap, settings.router_group, tp) < end:
+                    return False
+            return True
+
+        sent = await send(producer, topics.ingress, tenant_id, feed, WARM_UP_RECORDS)
+        await until(60, lambda: commits_past(WARM_UP_RECORDS), "ingress not committed")
+        before_mb = rss_mb(worker.pid)
+        sent += await send(producer, topics.ingress, tenant_id, feed, PAUSED_RECORDS)
+        await until(120, lambda: commits_past(len(sent)), "ingress pinned by the pause")
+        growth_mb = rss_mb(worker.pid) - before_mb
+        assert growth_mb < RSS_GROWTH_MAX_MB, f"RSS grew {growth_mb:.1f} MB with held records"
+        held = await consume_until(bootstrap, [topics.out(tenant_id)], bool, 2)
+        assert held == [], worker.log_tail()
+
+        # No shutdown, no final commit: the hold is found in the tenant's state.
+        worker = killed_and_restarted(worker, tmp_path / "worker-restarted.log")
+        async with Api.of(worker) as api:
+            status, answer = await api.call(
+                "POST", f"/api/tenants/{tenant_id}/resume", token=api.admin_token
+            )
+            assert status == 200, answer
+        records = await consume_until(
+            bootstrap,
+            [topics.out(tenant_id)],
+            lambda got: len(got) >= len(sent) and set(sent) <= set(first_seen(got)),
+            240,
+        )
+        assert first_seen(records) == sent, worker.log_tail()
+    finally:
+        worker.stop()
+
+
+async def test_a_pin_right_after_a_restart_waits_for_the_backlog_of_the_lane_it_leaves(
+    worker_env: dict, producer: AIOKafkaProducer, bootstrap: str, tmp_path: Path
+) -> None:
+    """A tenant pinned to a dedicated lane leaves a backlog there (the lane worker drains at a
+    bounded rate); the shared worker is killed and restarted, and the tenant pinned back to the
+    shared lane at once. The restarted router forwarded nothing to that lane yet, but the cut
+    still waits for the lane's backlog: per-tenant order holds."""
+    env = own_worker_env(worker_env, "holdcut", tmp_path / "data")
+    topics = TopicNames(env["LANEWAY_TOPIC_PREFIX"])
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    lane_worker = WorkerProcess.lane(env, tmp_path / "lane-worker.log")
+    worker.start()
+    lane_worker.start()
+    try:
+        async with Api.of(worker) as api:
+            tenant_id = (
+                await api.onboard(f"cut-{uuid.uuid4().hex[:6]}", rate_per_s=100_000, burst=100_000)
+            )["id"]
+            await pin(api, tenant_id, "dedicated")
+        await tenant_moves(bootstrap, topics, tenant_id, 1)
+        lanes = [
+            TopicPartition(topics.dedicated_lane(n), 0)
+            for n in range(settings_of(env).dedicated_lanes)
+        ]
+
+        async def lanes_total() -> int:
+            return sum((await end_offsets(bootstrap, lanes)).values())
+
+        before = await lanes_total()
+        feed = SyntheticFeed(seed=23, control_id_prefix="CUT-", escape_rate=0)
+        sent = await send(producer, topics.ingress, tenant_id, feed, BACKLOG_RECORDS)
+
+        async def forwarded() -> bool:
+            return await lanes_total() >= before + BACKLOG_RECORDS
+
+        await until(60, forwarded, "the router did not forward the backlog")
+
+        worker = killed_and_restarted(worker, tmp_path / "worker-restarted.log")
+        async with Api.of(worker) as api:
+            await pin(api, tenant_id, "shared")
+        sent += await send(producer, topics.ingress, tenant_id, feed, AFTER_PIN_RECORDS)
+        records = await consume_until(
+            bootstrap,
+            [topics.out(tenant_id)],
+            lambda got: set(sent) <= set(first_seen(got)),
+            120,
+        )
+        assert first_seen(records) == sent, worker.log_tail() + lane_worker.log_tail()
+        moves = await tenant_moves(bootstrap, topics, tenant_id, 2)
+        assert [move["to"] is None for move in moves] == [False, True], moves
+    finally:
+        worker.stop()
+        lane_worker.stop()
