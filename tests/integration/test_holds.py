@@ -32,6 +32,7 @@ WARM_UP_RECORDS = 5_000
 RSS_GROWTH_MAX_MB = 12
 BACKLOG_RECORDS = 3_000
 AFTER_PIN_RECORDS = 300
+LANE_DRAIN_RATE = 100  # records/s: 30 s for the backlog
 
 
 def settings_of(env: dict[str, str]) -> Settings:
@@ -42,6 +43,20 @@ def settings_of(env: dict[str, str]) -> Settings:
         if name.startswith("LANEWAY_")
     }
     return Settings(_env_file=None, **fields)  # type: ignore[call-arg]
+
+
+async def ingress_committed(bootstrap: str, env: dict[str, str], at_least: int) -> bool:
+    """True once ingress holds `at_least` records and the router committed all of them."""
+    settings = settings_of(env)
+    ingress = TopicNames(env["LANEWAY_TOPIC_PREFIX"]).ingress
+    partitions = [TopicPartition(ingress, p) for p in range(settings.ingress_partitions)]
+    ends = await end_offsets(bootstrap, partitions)
+    if sum(ends.values()) < at_least:
+        return False
+    for tp, end in ends.items():
+        if end and await committed(bootstrap, settings.router_group, tp) < end:
+            return False
+    return True
 
 
 def killed_and_restarted(worker: WorkerProcess, log_path: Path) -> WorkerProcess:
@@ -130,17 +145,9 @@ async def test_a_long_pause_waits_in_kafka_not_in_memory_and_survives_a_kill(
             )
             assert status == 200, answer
         feed = SyntheticFeed(seed=21, control_id_prefix="HOLD-", escape_rate=0)
-        settings = settings_of(env)
-        partitions = [TopicPartition(topics.ingress, p) for p in range(settings.ingress_partitions)]
 
         async def commits_past(count: int) -> bool:
-            ends = await end_offsets(bootstrap, partitions)
-            if sum(ends.values()) < count:
-                return False
-            for tp, end in ends.items():
-                if end and await committed(bootstrap, settings.router_group, tp) < end:
-                    return False
-            return True
+            return await ingress_committed(bootstrap, env, at_least=count)
 
         sent = await send(producer, topics.ingress, tenant_id, feed, WARM_UP_RECORDS)
         await until(60, lambda: commits_past(WARM_UP_RECORDS), "ingress not committed")
@@ -177,7 +184,10 @@ async def test_a_pin_right_after_a_restart_waits_for_the_backlog_of_the_lane_it_
     bounded rate); the shared worker is killed and restarted, and the tenant pinned back to the
     shared lane at once. The restarted router forwarded nothing to that lane yet, but the cut
     still waits for the lane's backlog: per-tenant order holds."""
-    env = own_worker_env(worker_env, "holdcut", tmp_path / "data")
+    # A slow lane: its backlog outlasts the restart by far.
+    env = own_worker_env(
+        worker_env, "holdcut", tmp_path / "data", lane_drain_rate=str(LANE_DRAIN_RATE)
+    )
     topics = TopicNames(env["LANEWAY_TOPIC_PREFIX"])
     worker = WorkerProcess(env, tmp_path / "worker.log")
     lane_worker = WorkerProcess.lane(env, tmp_path / "lane-worker.log")
@@ -207,9 +217,19 @@ async def test_a_pin_right_after_a_restart_waits_for_the_backlog_of_the_lane_it_
 
         await until(60, forwarded, "the router did not forward the backlog")
 
+        async def all_committed() -> bool:
+            return await ingress_committed(bootstrap, env, at_least=BACKLOG_RECORDS)
+
+        # The restarted router re-reads nothing, so it knows of no forward to that lane.
+        await until(60, all_committed, "the router did not commit the backlog")
+
         worker = killed_and_restarted(worker, tmp_path / "worker-restarted.log")
         async with Api.of(worker) as api:
             await pin(api, tenant_id, "shared")
+        # Nothing sent meanwhile: a record forwarded to the lane now would tell the router where
+        # the lane's tail is, and the cut would wait for it whatever the router knew before.
+        moves = await moves_back(bootstrap, topics, tenant_id)
+        # Moved back: these go to the shared lane, and must not overtake the lane's backlog.
         sent += await send(producer, topics.ingress, tenant_id, feed, AFTER_PIN_RECORDS)
         records = await consume_until(
             bootstrap,
@@ -218,8 +238,17 @@ async def test_a_pin_right_after_a_restart_waits_for_the_backlog_of_the_lane_it_
             120,
         )
         assert first_seen(records) == sent, worker.log_tail() + lane_worker.log_tail()
-        moves = await tenant_moves(bootstrap, topics, tenant_id, 2)
         assert [move["to"] is None for move in moves] == [False, True], moves
     finally:
         worker.stop()
         lane_worker.stop()
+
+
+async def moves_back(bootstrap: str, topics: TopicNames, tenant_id: str) -> list[dict]:
+    """The tenant's two moves, once the second is made: only after its old lane's backlog,
+    which the slow lane drains in about `BACKLOG_RECORDS / LANE_DRAIN_RATE` seconds."""
+    deadline = time.monotonic() + 3 * BACKLOG_RECORDS / LANE_DRAIN_RATE
+    moves = await tenant_moves(bootstrap, topics, tenant_id, 2)
+    while len(moves) < 2 and time.monotonic() < deadline:
+        moves = await tenant_moves(bootstrap, topics, tenant_id, 2)
+    return moves
