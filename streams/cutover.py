@@ -30,6 +30,10 @@ Its lane itself lives in the `LaneAssignments` (`streams.lanes`) that the lane p
   offset, forwards them and moves the hold on as Kafka acknowledges, and ends the hold once it
   has caught up with the read loop.
 - `forget`: drop a tenant another router owns now.
+
+`LaneMarks` and `Reforwarded` keep a restart from forwarding a record twice: the first says,
+for each ingress commit, where in the lanes the forwards of the records after it start (the
+commit's metadata); the second holds the ingress offsets a restored router found there.
 """
 
 from __future__ import annotations
@@ -325,3 +329,72 @@ class TenantRoutes:
         """Keep `_waiting` in step after a cut or hold ended."""
         if not route.waiting():
             self._waiting.pop(tenant, None)
+
+
+class LaneMarks:
+    """Where in each lane partition the forwards of an ingress partition's uncommitted records
+    can start, for the ingress commit's metadata: after a crash the next router scans the lanes
+    from there and skips the records already forwarded (`Reforwarded`), instead of forwarding
+    them twice.
+
+    `written` keeps, per lane partition, the offset after this router's last acknowledged write
+    there: its later forwards land at or past it. `read` notes it when the read loop takes a
+    batch; `at` gives the note for a commit: the one of the batch that holds the commit offset.
+    Replays are not covered: a crash may re-forward what a replay forwarded since its hold's
+    progress was last persisted."""
+
+    __slots__ = ("_notes", "_written")
+
+    def __init__(self) -> None:
+        self._written: dict[LanePartition, int] = {}
+        # ingress partition -> (first offset of a batch, `_written` then), oldest first
+        self._notes: dict[int, list[tuple[int, dict[LanePartition, int]]]] = {}
+
+    def written(self, lane_partition: LanePartition, next_offset: int) -> None:
+        """Kafka acknowledged a write there (or the router read its end offset)."""
+        if next_offset > self._written.get(lane_partition, -1):
+            self._written[lane_partition] = next_offset
+
+    def read(self, partition: int, first_offset: int) -> None:
+        """The read loop took a batch of `partition` from `first_offset` on."""
+        notes = self._notes.setdefault(partition, [])
+        if not notes or notes[-1][1] != self._written:
+            notes.append((first_offset, dict(self._written)))
+
+    def at(self, partition: int, offset: int) -> dict[LanePartition, int]:
+        """The lane offsets to store with a commit of `partition` at `offset`; the notes of
+        earlier batches are dropped (commits only move forward)."""
+        notes = self._notes.get(partition, [])
+        keep = 0
+        for index, (first, _) in enumerate(notes):
+            if first <= offset:
+                keep = index
+        del notes[:keep]
+        return dict(notes[0][1]) if notes else dict(self._written)
+
+    def drop(self, partitions: Iterable[int]) -> None:
+        for partition in partitions:
+            self._notes.pop(partition, None)
+
+
+class Reforwarded:
+    """ingress partition -> the offsets of its records found in the lanes after a restore
+    (forwarded, not committed, before the crash): the read loop and replays skip them. Kept
+    until the partition is dropped: a scan finds about one commit interval of forwards."""
+
+    __slots__ = ("_offsets",)
+
+    def __init__(self) -> None:
+        self._offsets: dict[int, set[int]] = {}
+
+    def found(self, partition: int, offsets: Iterable[int]) -> None:
+        self._offsets.setdefault(partition, set()).update(offsets)
+
+    def contains(self, partition: int, offset: int) -> bool:
+        """True if that record was forwarded already."""
+        offsets = self._offsets.get(partition)
+        return offsets is not None and offset in offsets
+
+    def drop(self, partitions: Iterable[int]) -> None:
+        for partition in partitions:
+            self._offsets.pop(partition, None)

@@ -41,6 +41,11 @@ each lane is a Faust agent (`agents.lanes.processor`), the same code for every l
   their shared-lane partitions and of the dedicated lanes: a cut then also waits until those
   lanes' groups are past them, so a pin or demotion right after a restart keeps per-tenant
   order.
+- No forward twice: each ingress commit's metadata names where in each lane this router's
+  forwards of the uncommitted records start (`streams.cutover.LaneMarks`). The next router to
+  read the partition scans the lanes from there to their ends, notes the ingress offsets of
+  the records found (their origin header) and skips those when it re-reads them. Only what a
+  replay forwarded since its progress was last persisted may be forwarded again.
 - That bookkeeping (what is held, how far ingress may be committed, which cuts are complete,
   what a release forwards) is pure code with unit tests: `streams.cutover.TenantRoutes`, one
   `TenantRoute` per tenant. The router does the I/O and the timing: it reads and commits
@@ -69,7 +74,14 @@ from agents.state.publisher import BatchPublisher
 from agents.state.registry import TenantRegistry
 from agents.state.tenant_state import TenantStateMirror
 from streams.app import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES, LanewayApp
-from streams.cutover import Hold, LanePartition, LanePosition, TenantRoutes
+from streams.cutover import (
+    Hold,
+    LaneMarks,
+    LanePartition,
+    LanePosition,
+    Reforwarded,
+    TenantRoutes,
+)
 from streams.lanes import LaneAssignments, LaneMove, LanePolicy, decide
 from streams.processing import (
     INTERNAL_ERROR,
@@ -79,6 +91,7 @@ from streams.processing import (
     forward_to_lane,
     incarnation_of,
     internal_error,
+    lane_record_origin,
     park,
     tenant_of_key,
 )
@@ -130,6 +143,9 @@ class Router(Service):
         self.lanes = LaneAssignments(settings.dedicated_lanes)
         # Cuts, holds, the last forward per tenant and the ingress offsets safe to commit.
         self.routes = TenantRoutes(self.lanes)
+        # Stored with each ingress commit, read back after a crash: no forward made twice.
+        self.marks = LaneMarks()
+        self.reforwarded = Reforwarded()
         self.moves: dict[str, deque[dict[str, Any]]] = {}
         self.publisher = BatchPublisher(app)
         self._partitioner = DefaultPartitioner()
@@ -206,7 +222,10 @@ class Router(Service):
                 for tp, messages in batches.items():
                     if tp.partition not in self._owned:
                         continue  # revoked while fetched
+                    self.marks.read(tp.partition, messages[0].offset)
                     for message in messages:
+                        if self.reforwarded.contains(message.partition, message.offset):
+                            continue
                         destination = self._route_contained(_ingress_record(message), now)
                         if destination is not None:
                             forwards.append(destination)
@@ -230,6 +249,8 @@ class Router(Service):
             for tenant in [t for t in self._known_tenants() if self._partition_of(t) in dropped]:
                 self._forget(tenant)
             self.routes.drop_partitions(dropped)
+            self.marks.drop(dropped)
+            self.reforwarded.drop(dropped)
             self._owned = set(wanted)
             ingress = self.topics.ingress
             self._consumer.assign([TopicPartition(ingress, p) for p in sorted(self._owned)])
@@ -237,7 +258,8 @@ class Router(Service):
             # its state before adopting it.
             await self.tenant_states.caught_up(timeout_s=RESTORE_TIMEOUT_S)
             self._restore(added)
-            await self._recover_drains(added)
+            ends = await self._recover_drains(added)
+            await self._recover_forwards(added, ends)
             for partition in added:
                 tp = TopicPartition(ingress, partition)
                 self._position[partition] = await self._consumer.position(tp)
@@ -279,22 +301,91 @@ class Router(Service):
                 LaneMove(tenant, cut["from"], cut["to"], cut["reason"], float(cut["at"]))
             )
 
-    async def _recover_drains(self, partitions: set[int]) -> None:
+    async def _recover_drains(self, partitions: set[int]) -> dict[LanePartition, int]:
         """What this router forwarded before it took `partitions` is unknown: the tenants of
         those partitions may have records in their shared-lane partition and in their dedicated
         lane up to the lanes' current ends. Read the ends, and make every cut wait for them."""
         if not partitions:
-            return
+            return {}
         settings = self.app.laneway
         lane_partitions = [(self.topics.shared_lane, p) for p in sorted(partitions)] + [
             (self.topics.dedicated_lane(lane), 0) for lane in range(settings.dedicated_lanes)
         ]
-        self.routes.lane_ends(await self._end_offsets(lane_partitions))
+        ends = await self._end_offsets(lane_partitions)
+        self.routes.lane_ends(ends)
+        for lane_partition, end in ends.items():
+            self.marks.written(lane_partition, end)
         directory = self.registry.directory
         restored = {*self.tenant_states.states, *self.routes.tenants(), *directory.pinned()}
         for tenant in restored:
             if self._partition_of(tenant) in partitions:
                 self.routes.expect_drain(tenant, self._lanes_of(tenant))
+        return ends
+
+    async def _recover_forwards(self, partitions: set[int], ends: dict[LanePartition, int]) -> None:
+        """Find the records of `partitions` forwarded but not committed before a crash: scan
+        each lane partition from where the last ingress commit's metadata says those forwards
+        start, up to its end, and note the ingress offsets found, which are not forwarded again.
+        Without metadata (or readable commits) nothing is skipped: a re-forward, never a loss."""
+        assert self._admin is not None
+        ingress = self.topics.ingress
+        tps = [TopicPartition(ingress, p) for p in sorted(partitions)]
+        try:
+            commits = await self._admin.list_consumer_group_offsets(
+                self.app.laneway.router_group, partitions=tps
+            )
+        except Exception as error:
+            log.warning("ingress commits unreadable, may forward again: %s", type(error).__name__)
+            return
+        starts: dict[LanePartition, int] = {}
+        for meta in commits.values():
+            for lane_partition, offset in _lane_marks(meta.metadata).items():
+                if lane_partition in ends:
+                    starts[lane_partition] = min(offset, starts.get(lane_partition, offset))
+        ranges = {lp: (start, ends[lp]) for lp, start in starts.items() if start < ends[lp]}
+        if not ranges:
+            return
+        found = await self._scan_origins(ranges)
+        for partition in partitions:
+            self.reforwarded.found(partition, found.get(partition, ()))
+        total = sum(len(found.get(partition, ())) for partition in partitions)
+        log.info("%d records forwarded before a restart are not forwarded again", total)
+
+    async def _scan_origins(
+        self, ranges: dict[LanePartition, tuple[int, int]]
+    ) -> dict[int, set[int]]:
+        """ingress partition -> the ingress offsets of the lane records in `ranges` (lane
+        partition -> [start, end)) that came from this deployment's ingress."""
+        settings = self.app.laneway
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=max(settings.max_fetch_bytes, ROUTER_FETCH_BYTES),
+        )
+        await consumer.start()
+        found: dict[int, set[int]] = {}
+        try:
+            left = {TopicPartition(*lp): end for lp, (_, end) in ranges.items()}
+            consumer.assign(list(left))
+            for lp, (start, _) in ranges.items():
+                consumer.seek(TopicPartition(*lp), start)
+            deadline = time.monotonic() + RESTORE_TIMEOUT_S
+            while left:
+                if time.monotonic() > deadline:  # what is not found is forwarded again
+                    log.warning("lane scan incomplete: %s", sorted(map(str, left)))
+                    break
+                batches = await consumer.getmany(*left, timeout_ms=FETCH_TIMEOUT_MS)
+                for tp, messages in batches.items():
+                    for message in messages:
+                        origin = lane_record_origin(message.key, message.value, message.headers)
+                        if origin is not None and origin.topic == self.topics.ingress:
+                            found.setdefault(origin.partition, set()).add(origin.offset)
+                    if messages and messages[-1].offset + 1 >= left.get(tp, 0):
+                        left.pop(tp, None)
+        finally:
+            await consumer.stop()
+        return found
 
     async def _end_offsets(self, lane_partitions: list[LanePartition]) -> dict[LanePartition, int]:
         """The lane partitions' end offsets; retried until Kafka answers: without them no cut
@@ -383,6 +474,8 @@ class Router(Service):
         for forward in forwards:
             tenant = self._tenant_names.get(forward.key)
             destination = (forward.topic, forward.partition)
+            if not forward.is_dlq and destination in last_offsets:
+                self.marks.written(destination, last_offsets[destination] + 1)
             # A record parked in a DLQ (by the router or, refused, by the publisher) is nothing
             # for a lane to drain.
             if tenant and not forward.is_dlq and destination in last_offsets:
@@ -398,8 +491,12 @@ class Router(Service):
         if not offsets:
             return
         ingress = self.topics.ingress
+        commits = {
+            TopicPartition(ingress, p): (o, _marks_metadata(self.marks.at(p, o)))
+            for p, o in offsets.items()
+        }
         try:
-            await self._consumer.commit({TopicPartition(ingress, p): o for p, o in offsets.items()})
+            await self._consumer.commit(commits)
         except Exception as error:  # the next commit covers it; a crash meanwhile re-forwards
             log.warning("ingress offsets not committed: %s", type(error).__name__)
             return
@@ -514,7 +611,9 @@ class Router(Service):
             consumer.seek(tp, read_to)  # what was fetched beyond is the read loop's, or later
         key = tenant.encode()
         forwards = [
-            self._forward_record(tenant, _ingress_record(m)) for m in messages if m.key == key
+            self._forward_record(tenant, _ingress_record(m))
+            for m in messages
+            if m.key == key and not self.reforwarded.contains(m.partition, m.offset)
         ]
         return forwards, read_to
 
@@ -703,6 +802,26 @@ def _entry(move: LaneMove) -> dict[str, Any]:
         "reason": move.reason,
         "at": _iso(move.at),
     }
+
+
+def _marks_metadata(marks: dict[LanePartition, int]) -> str:
+    """An ingress commit's metadata: where this router's later forwards start in each lane."""
+    return orjson.dumps(
+        {f"{topic}|{partition}": o for (topic, partition), o in marks.items()}
+    ).decode()
+
+
+def _lane_marks(metadata: str | None) -> dict[LanePartition, int]:
+    """`_marks_metadata` read back; {} for a commit without (or with unreadable) metadata."""
+    try:
+        marks = orjson.loads(metadata or "{}")
+        parsed = {}
+        for key, offset in marks.items():
+            topic, partition = key.rsplit("|", 1)
+            parsed[topic, int(partition)] = int(offset)
+    except (ValueError, AttributeError):
+        return {}
+    return parsed
 
 
 def _cut_entry(move: LaneMove | None) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.hl7.synthetic import SyntheticFeed
-from streams.processing import guess_control_id
+from streams.processing import guess_control_id, lane_record_origin
 from streams.settings import Settings
 from streams.topics import TopicNames
 from tests.harness import Api, WorkerProcess, consume_until, own_worker_env
@@ -33,6 +34,8 @@ RSS_GROWTH_MAX_MB = 12
 BACKLOG_RECORDS = 3_000
 AFTER_PIN_RECORDS = 300
 LANE_DRAIN_RATE = 100  # records/s: 30 s for the backlog
+STREAM_RATE = 500  # records/s, both tenants together
+STREAM_S = 12
 
 
 def settings_of(env: dict[str, str]) -> Settings:
@@ -57,6 +60,16 @@ async def ingress_committed(bootstrap: str, env: dict[str, str], at_least: int) 
         if end and await committed(bootstrap, settings.router_group, tp) < end:
             return False
     return True
+
+
+def started_worker(
+    worker_env: dict[str, str], name: str, tmp_path: Path, **settings: str
+) -> tuple[dict[str, str], TopicNames, WorkerProcess]:
+    """A shared worker of its own (app id, topics, data dir, log), started."""
+    env = own_worker_env(worker_env, name, tmp_path / "data", **settings)
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    worker.start()
+    return env, TopicNames(env["LANEWAY_TOPIC_PREFIX"]), worker
 
 
 def killed_and_restarted(worker: WorkerProcess, log_path: Path) -> WorkerProcess:
@@ -133,10 +146,7 @@ async def test_a_long_pause_waits_in_kafka_not_in_memory_and_survives_a_kill(
 ) -> None:
     """A paused tenant that keeps sending: the router's memory does not grow with its records,
     the ingress commit moves past them, a kill -9 loses none, and a resume emits all, in order."""
-    env = own_worker_env(worker_env, "holdpause", tmp_path / "data", lanes_enabled="false")
-    topics = TopicNames(env["LANEWAY_TOPIC_PREFIX"])
-    worker = WorkerProcess(env, tmp_path / "worker.log")
-    worker.start()
+    env, topics, worker = started_worker(worker_env, "holdpause", tmp_path, lanes_enabled="false")
     try:
         async with Api.of(worker) as api:
             tenant_id = (await api.onboard(f"held-{uuid.uuid4().hex[:6]}"))["id"]
@@ -242,6 +252,70 @@ async def test_a_pin_right_after_a_restart_waits_for_the_backlog_of_the_lane_it_
     finally:
         worker.stop()
         lane_worker.stop()
+
+
+async def test_a_kill_under_traffic_forwards_nothing_twice(
+    worker_env: dict, producer: AIOKafkaProducer, bootstrap: str, tmp_path: Path
+) -> None:
+    """kill -9 of the shared worker while records stream in: the restarted router finds what it
+    forwarded after its last ingress commit (the commit's metadata says where in the lanes) and
+    forwards none of it again. The lane's own redelivery (the processor is at-least-once) may
+    still emit an event twice downstream, always with the same key."""
+    _, topics, worker = started_worker(worker_env, "holdkill", tmp_path, lanes_enabled="false")
+    try:
+        async with Api.of(worker) as api:
+            tenants = [
+                (await api.onboard(f"kill-{n}-{uuid.uuid4().hex[:6]}"))["id"] for n in (1, 2)
+            ]
+        feed = SyntheticFeed(seed=29, control_id_prefix="KILL-", escape_rate=0)
+        sent: dict[str, list[str]] = {tenant: [] for tenant in tenants}
+
+        async def stream() -> None:
+            for index in range(STREAM_RATE * STREAM_S):
+                tenant, payload = tenants[index % 2], feed.next_message()
+                await producer.send(topics.ingress, payload, key=tenant.encode())
+                sent[tenant].append(guess_control_id(payload))
+                await asyncio.sleep(1 / STREAM_RATE)
+            await producer.flush()
+
+        async def crash() -> WorkerProcess:
+            await asyncio.sleep(STREAM_S / 3)
+            return await asyncio.to_thread(
+                killed_and_restarted, worker, tmp_path / "worker-restarted.log"
+            )
+
+        _, worker = await asyncio.gather(stream(), crash())
+        expected = {control_id for ids in sent.values() for control_id in ids}
+        records = await consume_until(
+            bootstrap,
+            [topics.out(tenant) for tenant in tenants],
+            lambda got: expected <= {json.loads(r.value)["control_id"] for r in got},
+            120,
+        )
+        forwarded = await consume_until(
+            bootstrap, [topics.shared_lane], lambda got: len(got) >= len(expected), 30
+        )
+    finally:
+        worker.stop()
+
+    origins: Counter[tuple[int, int]] = Counter()
+    for record in forwarded:
+        origin = lane_record_origin(record.key, record.value, record.headers)
+        assert origin is not None
+        origins[origin.partition, origin.offset] += 1
+    twice = [origin for origin, count in origins.items() if count > 1]
+    assert len(origins) == len(expected) and twice == [], worker.log_tail()
+
+    keys: dict[str, set[str]] = {}
+    for record in records:
+        event = json.loads(record.value)
+        keys.setdefault(event["control_id"], set()).add(event["idempotency_key"])
+    assert set(keys) == expected and all(len(k) == 1 for k in keys.values())
+    tenant_of = {control_id: tenant for tenant, ids in sent.items() for control_id in ids}
+    by_tenant: dict[str, list[str]] = {tenant: [] for tenant in tenants}
+    for control_id in first_seen(records):
+        by_tenant[tenant_of[control_id]].append(control_id)
+    assert by_tenant == sent, worker.log_tail()
 
 
 async def moves_back(bootstrap: str, topics: TopicNames, tenant_id: str) -> list[dict]:

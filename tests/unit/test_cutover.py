@@ -7,7 +7,7 @@ from collections.abc import Callable
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.cutover import Hold, LanePosition, TenantRoutes
+from streams.cutover import Hold, LaneMarks, LanePosition, Reforwarded, TenantRoutes
 from streams.lanes import LaneAssignments, LaneMove
 from streams.processing import IngressRecord
 
@@ -285,6 +285,31 @@ def test_a_dropped_partition_is_no_longer_committed() -> None:
 
     routes.advance({1: 7})  # owned again: committed again, whatever was committed before
     assert routes.commit_offsets() == {0: 6, 1: 7}
+
+
+def test_a_commits_lane_marks_are_where_the_forwards_of_its_uncommitted_records_start() -> None:
+    marks = LaneMarks()
+    marks.written((SHARED, 0), 100)  # the lane's end at the restore
+    marks.read(0, 10)  # a batch from ingress offset 10: its forwards land at 100 or later
+    marks.written((SHARED, 0), 130)
+    marks.written((LANE_1, 0), 7)
+    marks.read(0, 40)
+    marks.written((SHARED, 0), 150)
+
+    # A commit inside the first batch (a hold there): its later records may be at 100.
+    assert marks.at(0, 25) == {(SHARED, 0): 100}
+    assert marks.at(0, 40) == {(SHARED, 0): 130, (LANE_1, 0): 7}
+    assert marks.at(0, 25) == {(SHARED, 0): 130, (LANE_1, 0): 7}  # older notes are dropped
+    assert marks.at(1, 0) == {(SHARED, 0): 150, (LANE_1, 0): 7}  # nothing read there: now
+
+
+def test_records_found_forwarded_after_a_restore_are_skipped() -> None:
+    found = Reforwarded()
+    found.found(0, [5, 6])
+    assert found.contains(0, 5) and found.contains(0, 6)
+    assert not found.contains(0, 7) and not found.contains(1, 5)
+    found.drop([0])
+    assert not found.contains(0, 5)
 
 
 TENANTS = ["a", "b", "c"]
