@@ -17,11 +17,11 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from agents.ingest.replay import PendingWrite, ReplayPosition
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata
 
+from agents.ingest.replay import PendingWrite, ReplayPosition
 from streams.hl7.synthetic import SyntheticFeed
 from streams.processing import guess_control_id
 from streams.topics import TopicNames

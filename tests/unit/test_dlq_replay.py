@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from agents.ingest.replay import PendingWrite, ReplayFilter, ReplayPosition
 from aiokafka.structs import OffsetAndMetadata
 from hypothesis import given
 from hypothesis import strategies as st
 from multidict import MultiDict
+
+from agents.ingest.replay import PendingWrite, ReplayFilter, ReplayPosition
 
 MAY_1 = int(datetime(2024, 5, 1, tzinfo=UTC).timestamp() * 1000)
 MAY_2 = int(datetime(2024, 5, 2, tzinfo=UTC).timestamp() * 1000)
