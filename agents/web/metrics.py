@@ -31,9 +31,10 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from agents.ingest.accept import Ingest
 from agents.ingest.mllp import MllpCounters
-from agents.web.stats import FLAGS, StatsService, TenantStats
+from agents.web.stats import StatsService
 from streams.app import LanewayApp
 from streams.mllp_limits import Limit
+from streams.stats import FLAGS, TenantStats
 
 WINDOWS = {"10s": "rate_10s", "1m": "rate_1m", "5m": "rate_5m"}
 
