@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from faust.sensors.prometheus import setup_prometheus_sensors
 from prometheus_client import (
@@ -29,12 +30,14 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from agents.ingest.accept import Ingest
-from agents.ingest.mllp import MllpCounters
 from agents.web.stats import StatsService
 from streams.app import LanewayApp
 from streams.mllp_limits import Limit
 from streams.stats import FLAGS, TenantStats
+
+if TYPE_CHECKING:  # only their types: the web views import nothing of ingest at run time
+    from agents.ingest.accept import Ingest
+    from agents.ingest.mllp import MllpCounters
 
 WINDOWS = {"10s": "rate_10s", "1m": "rate_1m", "5m": "rate_5m"}
 
