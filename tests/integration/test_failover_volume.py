@@ -60,13 +60,15 @@ def owned_partitions(worker: WorkerProcess) -> set[int] | None:
 async def until_owned(
     workers: list[WorkerProcess], partitions: int, timeout_s: float
 ) -> list[set[int]]:
-    """Each worker's ingress partitions, once between them they read every partition once."""
+    """Each worker's ingress partitions, once each reads some and between them they read every
+    partition once."""
     deadline = time.monotonic() + timeout_s
     while True:
         for worker in workers:
             worker.check_alive()
         owned = [owned_partitions(worker) or set() for worker in workers]
-        if sum(map(len, owned)) == partitions and set().union(*owned) == set(range(partitions)):
+        covered = set().union(*owned) == set(range(partitions))
+        if all(owned) and covered and sum(map(len, owned)) == partitions:
             return owned
         assert time.monotonic() < deadline, f"partitions not taken over: {owned}"
         await asyncio.sleep(0.2)
