@@ -15,6 +15,7 @@ from agents.lanes import processor
 from agents.process import freeze_after_start, lower_priority, use_uvloop_by_default
 from agents.state import broker_watch
 from agents.state.registry import TenantRegistry
+from agents.web import metrics
 from streams.app import LanewayApp, create_app
 from streams.settings import Settings
 
@@ -26,7 +27,7 @@ def build_lane_worker(settings: Settings | None = None, **faust_overrides: Any) 
         update={"app_id": settings.lane_worker_app_id, "web_port": settings.lane_web_port}
     )
     app = create_app(lane_settings, **faust_overrides)
-    broker_watch.install(app)
+    broker = broker_watch.install(app)
     # Tenant configs for the per-tenant output options (thin, masks) of the lane's events.
     registry = TenantRegistry(app)
     app.add_service(registry)
@@ -37,6 +38,7 @@ def build_lane_worker(settings: Settings | None = None, **faust_overrides: Any) 
         "laneway.dedicated",
         drain_rate=settings.lane_drain_rate,
     )
+    metrics.install(app, metrics.LaneWorkerCollector(app, broker))
     freeze_after_start(app, registry.ready)
     return app
 

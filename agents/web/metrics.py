@@ -30,6 +30,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from agents.state.broker_watch import BrokerWatch
 from agents.web.stats import StatsService
 from streams.app import LanewayApp
 from streams.mllp_limits import Limit
@@ -40,6 +41,40 @@ if TYPE_CHECKING:  # only their types: the web views import nothing of ingest at
     from agents.ingest.mllp import MllpCounters
 
 WINDOWS = {"10s": "rate_10s", "1m": "rate_1m", "5m": "rate_5m"}
+
+
+def process_metrics(app: LanewayApp, broker: BrokerWatch) -> Iterator[Metric]:
+    """What every worker process reports: its view of Kafka and the DLQ records it wrote."""
+    yield GaugeMetricFamily(
+        "laneway_kafka_up",
+        "1 while this process reaches the Kafka cluster, 0 while it does not.",
+        value=int(broker.up),
+    )
+    yield GaugeMetricFamily(
+        "laneway_kafka_brokers",
+        "Brokers listed in the cluster metadata at the last probe (0 while unreachable).",
+        value=broker.brokers,
+    )
+    parked = CounterMetricFamily(
+        "laneway_dlq_records",
+        "DLQ records this process wrote, by reason code (a fixed set of codes).",
+        labels=["reason"],
+    )
+    for reason, value in sorted(app.dlq_reasons.items()):
+        parked.add_metric([reason], value)
+    yield parked
+
+
+class LaneWorkerCollector(Collector):
+    """The lane worker's metrics: it has no ingest and no stats of its own (the shared workers
+    report the lanes' tenants, rates and backlogs cluster-wide)."""
+
+    def __init__(self, app: LanewayApp, broker: BrokerWatch) -> None:
+        self._app = app
+        self._broker = broker
+
+    def collect(self) -> Iterator[Metric]:
+        yield from process_metrics(self._app, self._broker)
 
 
 class LanewayCollector(Collector):
@@ -55,26 +90,8 @@ class LanewayCollector(Collector):
         self._lanes = ["shared", *(str(lane) for lane in range(dedicated_lanes))]
 
     def collect(self) -> Iterator[Metric]:
-        broker = self._stats.broker
-        yield GaugeMetricFamily(
-            "laneway_kafka_up",
-            "1 while this process reaches the Kafka cluster, 0 while it does not.",
-            value=int(broker.up),
-        )
-        yield GaugeMetricFamily(
-            "laneway_kafka_brokers",
-            "Brokers listed in the cluster metadata at the last probe (0 while unreachable).",
-            value=broker.brokers,
-        )
+        yield from process_metrics(self._stats.app, self._stats.broker)
         yield from self._tenant_metrics(self._stats.rows(time.time()))
-        parked = CounterMetricFamily(
-            "laneway_dlq_records",
-            "DLQ records this process wrote, by reason code (a fixed set of codes).",
-            labels=["reason"],
-        )
-        for reason, value in sorted(self._stats.app.dlq_reasons.items()):
-            parked.add_metric([reason], value)
-        yield parked
         refused = CounterMetricFamily(
             "laneway_ingest_refused",
             "Messages refused at ingest (never written), by path and reason code.",
@@ -207,15 +224,15 @@ def _lane_label(row: TenantStats) -> str:
     return "shared" if row.lane is None else str(row.lane)
 
 
-def install(app: LanewayApp, stats: StatsService, ingest: Ingest, mllp: MllpCounters) -> None:
+def install(app: LanewayApp, collector: Collector) -> None:
     """Serve `GET /metrics` from a registry of this app's own (several apps may share a process,
-    as in tests): Faust's sensor, Laneway's collector and the process collectors."""
+    as in tests): Faust's sensor, Laneway's `collector` and the process collectors."""
     # `*_created` timestamps double the series count and tell an operator nothing here. The
     # switch is process-wide, which is the worker process.
     disable_created_metrics()
     registry = CollectorRegistry()
-    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-        registry.register(collector)
-    registry.register(LanewayCollector(stats, ingest, mllp, app.laneway.dedicated_lanes))
+    for process_collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        registry.register(process_collector)
+    registry.register(collector)
     # A fixed prefix: metric names must not change with the app id.
     setup_prometheus_sensors(app, pattern="/metrics", registry=registry, name_prefix="faust")

@@ -71,16 +71,19 @@ def _service(app: LanewayApp, kind: type[S]) -> S:
     return service
 
 
-@pytest.fixture
-async def served_worker(tmp_path: Path) -> AsyncIterator[ServedWorker]:
-    settings = Settings(  # type: ignore[call-arg]  # pydantic-settings' own keyword
+def no_broker_settings(data_dir: Path) -> Settings:
+    return Settings(  # type: ignore[call-arg]  # pydantic-settings' own keyword
         _env_file=None,
-        data_dir=tmp_path,
+        data_dir=data_dir,
         admin_token=ADMIN_TOKEN,
         # Nothing listens there: a view that asked Kafka would fail, not pass by luck.
         kafka_bootstrap=NO_BROKER,
     )
-    app = build_worker(settings)
+
+
+@pytest.fixture
+async def served_worker(tmp_path: Path) -> AsyncIterator[ServedWorker]:
+    app = build_worker(no_broker_settings(tmp_path))
     registry = _service(app, TenantRegistry)
     registry.ready.set()  # as if the tenant topic had been read to its end
     web_app = await app.web.wsgi()

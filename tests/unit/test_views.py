@@ -7,12 +7,15 @@ broker and worker processes: tests/integration/test_tenants.py, test_stats.py, t
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
+from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from agents.lane_worker import build_lane_worker
 from streams.stats import RATE_KEYS, Offsets
-from tests.unit.conftest import ADMIN_TOKEN, ServedWorker
+from tests.unit.conftest import ADMIN_TOKEN, ServedWorker, no_broker_settings
 
 HL7 = {"Content-Type": "application/hl7-v2"}
 
@@ -22,6 +25,15 @@ def bearer(token: str) -> dict[str, str]:
 
 
 ADMIN = bearer(ADMIN_TOKEN)
+
+
+def prometheus_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """(name, sorted labels) -> value of every sample in a Prometheus text exposition."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def state_document(
@@ -187,11 +199,7 @@ async def test_metrics_are_prometheus_text_with_laneway_names(served_worker: Ser
     assert response.status == 200
     assert response.content_type == "text/plain"
     text = await response.text()
-    samples = {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
+    samples = prometheus_samples(text)
     assert samples["laneway_tenants", ()] == 2
     assert samples["laneway_tenants_flagged", (("flag", "paused"),)] == 1
     assert samples["laneway_messages_received_total", ()] == 7
@@ -201,6 +209,21 @@ async def test_metrics_are_prometheus_text_with_laneway_names(served_worker: Ser
     )
     assert ("laneway_mllp_connections_open", ()) in samples
     assert "alpha" not in text  # no tenant label (invariant 4)
+
+
+async def test_the_lane_worker_serves_metrics_of_its_own(tmp_path: Path) -> None:
+    app = build_lane_worker(no_broker_settings(tmp_path))
+    app.dlq_reasons["invalid_message"] += 2  # as its processor counts what it parks
+
+    async with TestClient(TestServer(await app.web.wsgi())) as client:
+        response = await client.get("/metrics")
+        text = await response.text()
+
+    assert response.status == 200
+    samples = prometheus_samples(text)
+    assert samples["laneway_dlq_records_total", (("reason", "invalid_message"),)] == 2
+    assert samples["laneway_kafka_up", ()] == 1  # what the watch says before its first probe
+    assert ("laneway_tenants", ()) not in samples  # the shared workers report the tenants
 
 
 async def test_fetch_by_ref_needs_the_tenants_token_and_a_well_formed_ref(
