@@ -58,6 +58,13 @@ HELD_MESSAGES = 2560
 HELD_PAD_BYTES = 32 * 1024
 
 
+def fails_today(reason: str) -> pytest.MarkDecorator:
+    """A test today's router fails, for `reason`: it must fail by an assertion (a harness
+    error is no expected failure), and it fails the suite the day it passes, so that the fix
+    drops the marker."""
+    return pytest.mark.xfail(strict=True, raises=AssertionError, reason=f"issue 14: {reason}")
+
+
 @pytest.fixture
 def scene_settings() -> dict[str, str]:
     """Worker settings (Settings field names) of a test's deployment; a test overrides it."""
@@ -152,10 +159,8 @@ LEFT_AT_KILL = 100
 CUT_TIMEOUT_S = 60.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,  # a harness error is no expected failure
-    reason="issue 14: drain knowledge is in router memory. The restarted router has no "
+@fails_today(
+    "drain knowledge is in router memory. The restarted router has no "
     "`_last_forwarded` for the tenant, so `_drained` counts it drained and it logs 'tenant ... "
     "moved from lane N to None (pinned)' within 0.5 s of 'router reads ingress partitions', "
     "while lane N still holds the 350-500 records the lane worker has not committed; the "
@@ -241,10 +246,8 @@ async def test_kill_9_of_the_lane_worker_with_a_backlog(
         await assert_survived(scene, report, quiet)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,  # a harness error is no expected failure
-    reason="issue 14: a paused tenant's records are held in router memory (`Router._held`): "
+@fails_today(
+    "a paused tenant's records are held in router memory (`Router._held`): "
     "the owner's RSS grows by 84-91 MiB (72 to 163 MiB) with the 80 MiB it holds, and the "
     "worker that takes its partitions over while it restarts reads and holds them all again "
     "(+84-91 MiB), beyond the 64 MiB bound; nothing is lost or reordered, duplicates keep "
