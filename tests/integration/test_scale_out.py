@@ -160,8 +160,9 @@ CUT_TIMEOUT_S = 60.0
 
 
 @fails_today(
-    "drain knowledge is in router memory. The restarted router has no "
-    "`_last_forwarded` for the tenant, so `_drained` counts it drained and it logs 'tenant ... "
+    "drain knowledge is in router memory. The restarted router has no last forward for the "
+    "tenant (`TenantRoutes.last_forwarded`), so `TenantRoutes.drained` counts it drained and "
+    "it logs 'tenant ... "
     "moved from lane N to None (pinned)' within 0.5 s of 'router reads ingress partitions', "
     "while lane N still holds the 350-500 records the lane worker has not committed; the "
     "20 messages sent after the restart go through the shared lane and come out first "
@@ -247,7 +248,7 @@ async def test_kill_9_of_the_lane_worker_with_a_backlog(
 
 
 @fails_today(
-    "a paused tenant's records are held in router memory (`Router._held`): "
+    "a paused tenant's records are held in router memory (`TenantRoutes`' `Hold.records`): "
     "the owner's RSS grows by 84-91 MiB (72 to 163 MiB) with the 80 MiB it holds, and the "
     "worker that takes its partitions over while it restarts reads and holds them all again "
     "(+84-91 MiB), beyond the 64 MiB bound; nothing is lost or reordered, duplicates keep "
