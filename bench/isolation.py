@@ -586,7 +586,7 @@ async def run_system(
     )
     table = topic_table(env["LANEWAY_TOPIC_PREFIX"])
     topics = table.names
-    lanes = [topics.dedicated_lane(lane) for lane in range(Settings().dedicated_lanes)]
+    lanes = [topics.dedicated_lanes]
     await declare_topics(kafka.admin, table, [topics.ingress])
     # The lane worker declares its lanes itself, but subscribes before the new topics reach its
     # metadata: it is then assigned nothing until the next refresh, 5 minutes later.

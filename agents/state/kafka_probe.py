@@ -86,8 +86,7 @@ class KafkaProbe(Service):
         settings = self.app.laneway
         records = self.registry.directory.all()
         tenants = [record.id for record in records]
-        lanes = {lane: names.dedicated_lane(lane) for lane in range(settings.dedicated_lanes)}
-        single = [names.control, *lanes.values()]
+        single = [names.control]
         single += [topic for tenant in tenants for topic in (names.out(tenant), names.dlq(tenant))]
         stale = now - self._topics_read_at >= TOPIC_LIST_TTL_S
         if stale or not self._topics.issuperset(single):
@@ -104,7 +103,15 @@ class KafkaProbe(Service):
             else []
             for topic in (names.ingress, names.shared_lane)
         )
-        wanted = partitions + ingress + shared_lane
+        lanes = (
+            {
+                lane: TopicPartition(names.dedicated_lanes, lane)
+                for lane in range(settings.dedicated_lanes)
+            }
+            if names.dedicated_lanes in self._topics
+            else {}
+        )
+        wanted = partitions + ingress + shared_lane + list(lanes.values())
         ends = {}
         if wanted:
             # aiokafka looks up the leaders of unknown topics one topic per metadata round
@@ -127,12 +134,10 @@ class KafkaProbe(Service):
             ends={
                 tp.topic: end
                 for tp, end in ends.items()
-                if tp.topic not in (names.ingress, names.shared_lane)
+                if tp.topic not in (names.ingress, names.shared_lane, names.dedicated_lanes)
             },
             lane_backlog={
-                lane: _lag(ends, lane_commits, [TopicPartition(topic, 0)])
-                for lane, topic in lanes.items()
-                if topic in self._topics
+                lane: _lag(ends, lane_commits, [partition]) for lane, partition in lanes.items()
             },
             shared_backlog=(
                 _lag(ends, router_commits, ingress) + _lag(ends, shared_commits, shared_lane)

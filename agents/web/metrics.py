@@ -39,6 +39,7 @@ from streams.stats import FLAGS, TenantStats
 if TYPE_CHECKING:  # only their types: the web views import nothing of ingest at run time
     from agents.ingest.accept import Ingest
     from agents.ingest.mllp import MllpCounters
+    from agents.lanes.processor import DrainPace
 
 WINDOWS = {"10s": "rate_10s", "1m": "rate_1m", "5m": "rate_5m"}
 
@@ -69,12 +70,20 @@ class LaneWorkerCollector(Collector):
     """The lane worker's metrics: it has no ingest and no stats of its own (the shared workers
     report the lanes' tenants, rates and backlogs cluster-wide)."""
 
-    def __init__(self, app: LanewayApp, broker: BrokerWatch) -> None:
+    def __init__(self, app: LanewayApp, broker: BrokerWatch, pace: DrainPace | None) -> None:
         self._app = app
         self._broker = broker
+        self._pace = pace
 
     def collect(self) -> Iterator[Metric]:
         yield from process_metrics(self._app, self._broker)
+        if self._pace is not None:
+            yield GaugeMetricFamily(
+                "laneway_lane_drain_rate_records_per_second",
+                "This lane worker's share of the deployment's drain budget "
+                "(LANEWAY_LANE_DRAIN_RATE), by the dedicated lanes it holds.",
+                value=self._pace.rate_per_s,
+            )
 
 
 class LanewayCollector(Collector):

@@ -623,11 +623,10 @@ class Scene:
         """Where messages that never came out got to: the last of ingress, the shared lane and
         the dedicated lanes holding each (`ingress` alone: never forwarded), by topic."""
         wanted = set(control_ids)
-        lanes = range(int(self.env.get("LANEWAY_DEDICATED_LANES", "4")))
         topics = [
             self.topics.ingress,
             self.topics.shared_lane,
-            *(self.topics.dedicated_lane(lane) for lane in lanes),
+            self.topics.dedicated_lanes,
         ]
         ends = await end_offsets(self.bootstrap, topics)
         records = await consume_until(

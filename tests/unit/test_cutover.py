@@ -12,7 +12,7 @@ from streams.lanes import LaneAssignments, LaneMove
 from streams.processing import IngressRecord
 
 SHARED = "laneway.lane.shared"
-LANE_1 = "laneway.lane.dedicated.1"
+DEDICATED = "laneway.lane.dedicated"
 T0 = 1_700_000_000.0
 
 
@@ -133,19 +133,19 @@ def test_a_repeated_or_stale_completion_is_harmless() -> None:
     assert routes.complete_cuts({(SHARED, 0): 10}) == []  # the same commits again
     assert routes.lanes.lane_of("a") == 1
 
-    routes.forwarded("a", LanePosition(LANE_1, 0, 30))
+    routes.forwarded("a", LanePosition(DEDICATED, 1, 30))
     demote = LaneMove("a", 1, None, "calm_and_drained", T0 + 200)
     routes.start_cut(demote)
     held = rec("a", 50)
     assert routes.hold("a", held, paused=False)
     # Commits read before the last forward (a stale answer) complete nothing.
-    assert routes.complete_cuts({(SHARED, 0): 10, (LANE_1, 0): 30}) == []
+    assert routes.complete_cuts({(SHARED, 0): 10, (DEDICATED, 1): 30}) == []
     assert routes.cutting("a")
 
     # The lane changed since the move was decided: the move is dropped, not applied, and the
     # held record goes to the lane the tenant is in.
     routes.lanes.restore("a", 2, T0 + 300)
-    assert routes.complete_cuts({(LANE_1, 0): 31}) == []
+    assert routes.complete_cuts({(DEDICATED, 1): 31}) == []
     assert not routes.cutting("a")
     assert routes.lanes.lane_of("a") == 2
     assert routes.releasable(never) == [("a", [held])]
@@ -153,11 +153,11 @@ def test_a_repeated_or_stale_completion_is_harmless() -> None:
 
 def test_drained_allows_slack_for_a_lane_nearly_caught_up() -> None:
     routes = TenantRoutes(LaneAssignments(4))
-    routes.forwarded("a", LanePosition(LANE_1, 0, 100))
+    routes.forwarded("a", LanePosition(DEDICATED, 1, 100))
 
-    assert routes.drained(["a", "new"], {(LANE_1, 0): 60}, slack=50) == {"a", "new"}
-    assert routes.drained(["a"], {(LANE_1, 0): 60}, slack=40) == set()
-    assert routes.drained(["a"], {(LANE_1, 0): 100}) == set()
+    assert routes.drained(["a", "new"], {(DEDICATED, 1): 60}, slack=50) == {"a", "new"}
+    assert routes.drained(["a"], {(DEDICATED, 1): 60}, slack=40) == set()
+    assert routes.drained(["a"], {(DEDICATED, 1): 100}) == set()
     assert routes.drained(["a"], {}) == set()  # no commit known: not drained
 
 
@@ -165,7 +165,7 @@ def test_a_forgotten_tenant_leaves_nothing_behind() -> None:
     lanes = LaneAssignments(4)
     routes = TenantRoutes(lanes)
     lanes.restore("a", 1, T0)
-    routes.forwarded("a", LanePosition(LANE_1, 0, 5))
+    routes.forwarded("a", LanePosition(DEDICATED, 1, 5))
     routes.start_cut(LaneMove("a", 1, None, "calm_and_drained", T0 + 200))
     assert routes.hold("a", rec("a", 10), paused=False)
     routes.forwarded("b", LanePosition(SHARED, 0, 6))

@@ -10,7 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.lanes import LaneAssignment, LaneAssignments, LaneMove, LanePolicy, choose_lane, decide
+from streams.lanes import (
+    LaneAssignment,
+    LaneAssignments,
+    LaneMove,
+    LanePolicy,
+    choose_lane,
+    decide,
+    drain_share,
+)
 from streams.volume import TenantVolumes
 
 POLICY = LanePolicy()  # promote above max(4 x contract, 20/s); calm below 1 x contract for 120 s
@@ -472,3 +480,18 @@ def test_a_real_burst_across_a_failover_is_still_promoted(
     [move] = successor.moves
     assert (move.from_lane, move.reason) == (None, "rate_above_contract")
     assert move.at - max(burst_from, restored_at) <= promoted_within_s
+
+
+@pytest.mark.parametrize(
+    ("held", "lanes", "share"),
+    [(4, 4, 800.0), (2, 4, 400.0), (1, 4, 200.0), (3, 4, 600.0), (0, 4, 0.0), (5, 4, 800.0)],
+)
+def test_a_lane_worker_drains_its_share_of_the_budget_by_lanes_held(
+    held: int, lanes: int, share: float
+) -> None:
+    assert drain_share(800.0, held, lanes) == share
+
+
+def test_lane_workers_together_never_exceed_the_budget() -> None:
+    for split in ([4], [2, 2], [1, 3], [1, 1, 1, 1], [1, 1, 2]):
+        assert sum(drain_share(1000.0, held, 4) for held in split) == pytest.approx(1000.0)

@@ -224,6 +224,8 @@ async def test_the_lane_worker_serves_metrics_of_its_own(tmp_path: Path) -> None
     assert samples["laneway_dlq_records_total", (("reason", "invalid_message"),)] == 2
     assert samples["laneway_kafka_up", ()] == 1  # what the watch says before its first probe
     assert ("laneway_tenants", ()) not in samples  # the shared workers report the tenants
+    # Nothing assigned yet (no broker): no lane held, nothing of the drain budget.
+    assert samples["laneway_lane_drain_rate_records_per_second", ()] == 0
 
 
 async def test_fetch_by_ref_needs_the_tenants_token_and_a_well_formed_ref(
