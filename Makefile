@@ -87,7 +87,8 @@ bench-outage: kafka-up ## Broker outages under MLLP + HTTP traffic: stop, kill -
 bench-faults: kafka-up ## Fault inputs of every class at ingest beside a quiet tenant: accounting, stalls, p99
 	@$(PY) -m bench.faults
 
-# kafka-up for the broker jars only: the bench runs a throwaway broker of its own.
+# kafka-up for the broker jars only: the bench runs a throwaway broker of its own. Not part of
+# `make bench`: ~25 min on 2 cores, and the broker needs an open-files limit above 20,000.
 bench-tenants: kafka-up ## 10,000 tenants on one shared worker: RSS per idle tenant, /api/stats, idle CPU, restart
 	@$(PY) -m bench.tenants
 
