@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv lock browser kafka-up kafka-down run worker test test-unit lint format bench bench-throughput bench-mllp bench-isolation bench-dashboard bench-codec bench-outage bench-faults schema clean
+.PHONY: help venv lock browser kafka-up kafka-down run worker test test-unit lint format bench bench-throughput bench-mllp bench-isolation bench-dashboard bench-codec bench-outage bench-faults bench-tenants schema clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -86,6 +86,11 @@ bench-outage: kafka-up ## Broker outages under MLLP + HTTP traffic: stop, kill -
 
 bench-faults: kafka-up ## Fault inputs of every class at ingest beside a quiet tenant: accounting, stalls, p99
 	@$(PY) -m bench.faults
+
+# kafka-up for the broker jars only: the bench runs a throwaway broker of its own. Not part of
+# `make bench`: ~25 min on 2 cores, and the broker needs an open-files limit above 20,000.
+bench-tenants: kafka-up ## 10,000 tenants on one shared worker: RSS per idle tenant, /api/stats, idle CPU, restart
+	@$(PY) -m bench.tenants
 
 schema: $(STAMP) ## Regenerate docs/*-schema.json from streams/records.py
 	@$(PY) scripts/gen_schema.py

@@ -51,7 +51,10 @@ def build_worker(settings: Settings | None = None, **faust_overrides: Any) -> La
     admin.install(app, registry, guard)
     stats_service = stats.install(app, registry, state, guard, broker)
     dashboard.install(app)
-    metrics.install(app, stats_service, ingest, mllp.counters)
+    metrics.install(
+        app,
+        metrics.LanewayCollector(stats_service, ingest, mllp.counters, settings.dedicated_lanes),
+    )
     replay.install(app, writer, guard)
     http.install(app, ingest, guard)
     fetch.install(app, registry, guard)

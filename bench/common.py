@@ -22,8 +22,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from streams.auth import hash_token, new_token
+from streams.settings import Settings
 from streams.tenants import TenantRecord, TenantSpec
-from streams.topics import TopicNames
+from streams.topics import TopicTable
 from tests.harness import REPO, HarnessError, log
 
 RESULTS_DIR = REPO / "bench" / "results"
@@ -93,16 +94,31 @@ def decode_source(value: bytes) -> SourceId:
     return int(partition), int(offset)
 
 
-async def create_topics(
-    admin: AIOKafkaAdminClient,
-    names: Iterable[str],
-    partitions: int,
-    config: dict[str, str] | None = None,
+async def create_topics(admin: AIOKafkaAdminClient, names: Iterable[str], partitions: int) -> None:
+    """Create plain topics of the baselines (no Laneway topic: those go through
+    `declare_topics`); ones that already exist are fine."""
+    await _create(admin, [NewTopic(name, partitions, REPLICATION) for name in names])
+
+
+def topic_table(prefix: str, **settings: Any) -> TopicTable:
+    """The topic table of a bench's deployment: its prefix, other settings from the environment."""
+    return TopicTable(Settings(topic_prefix=prefix, **settings))
+
+
+async def declare_topics(
+    admin: AIOKafkaAdminClient, table: TopicTable, names: Iterable[str]
 ) -> None:
-    """Create the topics; ones that already exist are fine (another worker may have won)."""
-    response = await admin.create_topics(
-        [NewTopic(name, partitions, REPLICATION, topic_configs=config) for name in names]
+    """Create Laneway topics as the topic table specifies them, as the workers would."""
+    specs = [table.spec(name) for name in names]
+    await _create(
+        admin,
+        [NewTopic(s.name, s.partitions, s.replication, topic_configs=s.config) for s in specs],
     )
+
+
+async def _create(admin: AIOKafkaAdminClient, topics: list[NewTopic]) -> None:
+    """Create the topics; ones that already exist are fine (another worker may have won)."""
+    response = await admin.create_topics(topics)
     # aiokafka reports per-topic errors in the response instead of raising them.
     for entry in response.topic_errors:
         topic, code = entry[0], entry[1]
@@ -113,13 +129,14 @@ async def create_topics(
 async def write_tenant_configs(
     admin: AIOKafkaAdminClient,
     producer: AIOKafkaProducer,
-    topics: TopicNames,
+    table: TopicTable,
     specs: Iterable[TenantSpec],
 ) -> None:
     """Onboard tenants as POST /api/tenants stores them, straight into the tenants topic: fast
     for thousands, and the workers read them at start (their out/DLQ topics come on first use).
     Records of tenants nobody onboarded are parked, never processed."""
-    await create_topics(admin, [topics.tenants], 1, {"cleanup.policy": "compact"})
+    topics = table.names
+    await declare_topics(admin, table, [topics.tenants])
     now = datetime.now(UTC)
     for spec in specs:
         record = TenantRecord.create(spec, hash_token(new_token()), now)

@@ -44,14 +44,15 @@ from bench.common import (
     REPO,
     RESULTS_DIR,
     BenchError,
-    create_topics,
+    declare_topics,
     log,
     run_bench,
+    topic_table,
 )
 from streams.auth import hash_token, new_token
 from streams.hl7.synthetic import SyntheticFeed
 from streams.tenants import TenantRecord, TenantSpec
-from streams.topics import TopicNames
+from streams.topics import TopicNames, TopicTable
 from streams.volume import TenantVolume
 from tests.harness import WorkerProcess, default_bootstrap, worker_env
 from tests.harness.browser import launch_chromium, sign_in
@@ -134,15 +135,16 @@ class SyntheticTenants:
 
 
 async def onboard(
-    admin: AIOKafkaAdminClient, producer: AIOKafkaProducer, topics: TopicNames, tenants: int
+    admin: AIOKafkaAdminClient, producer: AIOKafkaProducer, table: TopicTable, tenants: int
 ) -> None:
     """Registry records and per-tenant topics, as `POST /api/tenants` leaves them."""
+    topics = table.names
     per_tenant = [
         topic
         for index in range(tenants)
         for topic in (topics.out(tenant_id(index)), topics.dlq(tenant_id(index)))
     ]
-    await create_topics(admin, per_tenant, partitions=1)
+    await declare_topics(admin, table, per_tenant)
     now = datetime.now(UTC)
     for index in range(tenants):
         spec = TenantSpec(id=tenant_id(index), name=f"Bench tenant {index}", rate_per_s=50)
@@ -259,7 +261,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             worker.spawn()
             await worker.ready(READY_TIMEOUT_S)
             log(f"onboarding {args.tenants} tenants")
-            await onboard(admin, producer, topics, args.tenants)
+            await onboard(admin, producer, topic_table(topics.prefix), args.tenants)
             republisher = asyncio.create_task(
                 republish_states(producer, topics, args.tenants, stop)
             )

@@ -62,12 +62,13 @@ from bench.common import (
     BenchError,
     Kafka,
     clean_up,
-    create_topics,
+    declare_topics,
     git_commit,
     kafka_version,
     log,
     rss_bytes,
     run_bench,
+    topic_table,
     write_tenant_configs,
 )
 from streams.hl7.synthetic import ADT_TRIGGERS, VERSIONS, adt, oru
@@ -441,8 +442,9 @@ async def calibrate(kafka: Kafka, run: Run, corpus: Corpus, messages: int) -> di
     """Drain a preloaded backlog with one shared worker (lanes off): its msgs/s is C."""
     host = host_state("calibration")
     env = run.worker_env("cal", lanes_enabled="false")
-    topics = TopicNames(env["LANEWAY_TOPIC_PREFIX"])
-    await create_topics(kafka.admin, [topics.ingress], Settings().ingress_partitions)
+    table = topic_table(env["LANEWAY_TOPIC_PREFIX"])
+    topics = table.names
+    await declare_topics(kafka.admin, table, [topics.ingress])
     log(f"calibration: preloading {messages:,} messages of {len(TENANTS)} tenants")
     for seq in range(messages):
         tenant = TENANTS[seq % len(TENANTS)]
@@ -489,7 +491,8 @@ async def calibrate(kafka: Kafka, run: Run, corpus: Corpus, messages: int) -> di
 async def idle_tenant_memory(kafka: Kafka, run: Run, count: int) -> dict[str, Any]:
     """RSS of a shared worker with `count` configured idle tenants vs one with none."""
     loaded_env, empty_env = run.worker_env("idle"), run.worker_env("empty")
-    topics = TopicNames(loaded_env["LANEWAY_TOPIC_PREFIX"])
+    table = topic_table(loaded_env["LANEWAY_TOPIC_PREFIX"])
+    topics = table.names
     log(f"idle tenants: writing {count:,} tenant configs to {topics.tenants}")
     specs = (
         TenantSpec(
@@ -499,7 +502,7 @@ async def idle_tenant_memory(kafka: Kafka, run: Run, count: int) -> dict[str, An
         )
         for index in range(count)
     )
-    await write_tenant_configs(kafka.admin, kafka.producer, topics, specs)
+    await write_tenant_configs(kafka.admin, kafka.producer, table, specs)
     loaded = run.shared_worker("idle-loaded", loaded_env)
     empty = run.shared_worker("idle-empty", empty_env)
     loaded_port, empty_port = (
@@ -581,13 +584,13 @@ async def run_system(
         LANEWAY_HOLD_DOWN_S=str(args.hold_down_seconds),
         LANEWAY_LANE_DRAIN_RATE=str(args.lane_drain_rate),
     )
-    topics = TopicNames(env["LANEWAY_TOPIC_PREFIX"])
-    settings = Settings()
-    lanes = [topics.dedicated_lane(lane) for lane in range(settings.dedicated_lanes)]
-    await create_topics(kafka.admin, [topics.ingress], settings.ingress_partitions)
+    table = topic_table(env["LANEWAY_TOPIC_PREFIX"])
+    topics = table.names
+    lanes = [topics.dedicated_lanes]
+    await declare_topics(kafka.admin, table, [topics.ingress])
     # The lane worker declares its lanes itself, but subscribes before the new topics reach its
     # metadata: it is then assigned nothing until the next refresh, 5 minutes later.
-    await create_topics(kafka.admin, lanes, 1)
+    await declare_topics(kafka.admin, table, lanes)
     processes = [run.shared_worker(label, env), run.lane_worker(label, env, args.lane_nice)]
     outputs = [
         TopicPartition(topic, 0) for t in TENANTS for topic in (topics.out(t), topics.dlq(t))

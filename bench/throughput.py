@@ -41,11 +41,13 @@ from bench.common import (
     SourceId,
     clean_up,
     create_topics,
+    declare_topics,
     decode_source,
     git_commit,
     kafka_version,
     log,
     run_bench,
+    topic_table,
     write_tenant_configs,
 )
 from streams.hl7.synthetic import ADT_TRIGGERS, VERSIONS, adt, oru
@@ -261,10 +263,13 @@ async def measure(
     tenants: Sequence[bytes],
     args: argparse.Namespace,
 ) -> SystemResult:
-    await create_topics(kafka.admin, [system.topics.ingress], system.partitions)
     if system.label == "pipeline":  # Laneway processes only the tenants it knows
+        table = topic_table(system.topics.prefix, ingress_partitions=system.partitions)
+        await declare_topics(kafka.admin, table, [system.topics.ingress])
         specs = (TenantSpec(id=t.decode(), name=t.decode(), senders=[]) for t in tenants)
-        await write_tenant_configs(kafka.admin, kafka.producer, system.topics, specs)
+        await write_tenant_configs(kafka.admin, kafka.producer, table, specs)
+    else:
+        await create_topics(kafka.admin, [system.topics.ingress], system.partitions)
     log(f"{system.label}: starting consumer process (log {system.process.log_path})")
     system.process.spawn()
     try:

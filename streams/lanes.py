@@ -83,6 +83,16 @@ def choose_lane(tenant: str, lane_loads: Sequence[int]) -> int:
     return second if lane_loads[second] < lane_loads[first] else first
 
 
+def drain_share(budget_per_s: float, held_lanes: int, dedicated_lanes: int) -> float:
+    """A lane worker's part of the deployment's drain budget (records/s): in proportion to the
+    dedicated lanes it holds. Lane workers together never drain faster than the budget, and one
+    that holds every lane gets all of it; Kafka's rebalance moves lanes, and so budget, between
+    them."""
+    if held_lanes <= 0 or dedicated_lanes <= 0:
+        return 0.0
+    return budget_per_s * min(held_lanes, dedicated_lanes) / dedicated_lanes
+
+
 def decide(
     assignment: LaneAssignment,
     *,

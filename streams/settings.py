@@ -147,8 +147,9 @@ class Settings(BaseSettings):
     lane_drain_rate: float = Field(
         default=1000.0,
         ge=0,
-        description="Most records/s the lane worker processes (0 = no bound): a flood's backlog "
-        "drains at this pace instead of taking the CPU and broker the shared lane needs.",
+        description="Most records/s all lane workers together process (0 = no bound), split by "
+        "the lanes each holds: a flood's backlog drains at this pace instead of taking the CPU "
+        "and broker the shared lane needs.",
     )
     promote_factor: float = Field(
         default=4.0, gt=1, description="Promote when the recent rate exceeds this x contract."

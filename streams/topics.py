@@ -61,8 +61,12 @@ class TopicNames:
         """The lane of every tenant that is not in a dedicated one; partitioned like ingress."""
         return f"{self.prefix}lane.shared"
 
-    def dedicated_lane(self, lane: int) -> str:
-        return f"{self.prefix}lane.dedicated.{lane}"
+    @property
+    def dedicated_lanes(self) -> str:
+        """The dedicated lanes: partition N is lane N, one flooding tenant (or a few) each. One
+        topic, not one per lane, so that Faust spreads the lanes over the lane workers (it
+        assigns partition N of every one-partition topic to the same worker)."""
+        return f"{self.prefix}lane.dedicated"
 
     def out(self, tenant_id: str) -> str:
         return f"{self.prefix}out.{tenant_id}"
@@ -85,9 +89,10 @@ class TopicKind:
     """One row of the topic table: how every topic of one kind is created."""
 
     key: str  # what the record key holds (README's topic table says the same)
-    # As many partitions as ingress (`ingress_partitions`), or else one, which keeps all of the
-    # topic's records, and so each tenant's, in one order.
-    partitioned_like_ingress: bool = False
+    # The `Settings` field that gives the partition count (`ingress_partitions`,
+    # `dedicated_lanes`), or None for one partition, which keeps all of the topic's records,
+    # and so each tenant's, in one order.
+    partitions: str | None = None
     compacted: bool = False  # Kafka keeps the latest record per key
     retention_ms: int | None = None  # None: the broker's default
 
@@ -96,11 +101,12 @@ class TopicKind:
 # and the deployment's replication and min.insync.replicas (`TopicSpec`).
 TOPIC_TABLE: Mapping[str, TopicKind] = MappingProxyType(
     {
-        "ingress": TopicKind("tenant id (raw bytes)", partitioned_like_ingress=True),
+        "ingress": TopicKind("tenant id (raw bytes)", partitions="ingress_partitions"),
         # Same partition as in ingress: the worker that processes a tenant's shared lane also
         # measures and routes it (agents.lanes.router).
-        "shared_lane": TopicKind("tenant id", partitioned_like_ingress=True),
-        "dedicated_lane": TopicKind("tenant id"),
+        "shared_lane": TopicKind("tenant id", partitions="ingress_partitions"),
+        # Partition N is dedicated lane N (the router picks it, not the key's hash).
+        "dedicated_lanes": TopicKind("tenant id", partitions="dedicated_lanes"),
         "out": TopicKind("tenant id", retention_ms=OUTPUT_RETENTION_MS),
         "dlq": TopicKind("tenant id", retention_ms=OUTPUT_RETENTION_MS),
         "dlq_unrouted": TopicKind("record key", retention_ms=OUTPUT_RETENTION_MS),
@@ -112,8 +118,7 @@ TOPIC_TABLE: Mapping[str, TopicKind] = MappingProxyType(
 )
 
 # Kinds of the names that end in a variable part, by the part before it.
-_VARIABLE_KINDS = {"lane.dedicated": "dedicated_lane", "out": "out", "dlq": "dlq"}
-_LANE_NUMBER = re.compile(r"[0-9]+")
+_VARIABLE_KINDS = {"out": "out", "dlq": "dlq"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +163,7 @@ class TopicTable:
         fixed = {
             names.ingress: "ingress",
             names.shared_lane: "shared_lane",
+            names.dedicated_lanes: "dedicated_lanes",
             names.dlq_unrouted: "dlq_unrouted",
             names.tenants: "tenants",
             names.tenant_state: "tenant_state",
@@ -168,9 +174,7 @@ class TopicTable:
         if name.startswith(names.prefix):
             stem, _, variable = name.removeprefix(names.prefix).rpartition(".")
             kind = _VARIABLE_KINDS.get(stem)
-            if kind == "dedicated_lane" and _LANE_NUMBER.fullmatch(variable):
-                return kind
-            if kind in ("out", "dlq") and is_valid_tenant_id(variable):
+            if kind is not None and is_valid_tenant_id(variable):
                 return kind
         raise KeyError(f"{name!r} is no Laneway topic")
 
@@ -181,7 +185,7 @@ class TopicTable:
         return TopicSpec(
             name=name,
             key=row.key,
-            partitions=settings.ingress_partitions if row.partitioned_like_ingress else 1,
+            partitions=1 if row.partitions is None else getattr(settings, row.partitions),
             compacted=row.compacted,
             retention_ms=row.retention_ms,
             max_record_bytes=settings.max_record_bytes,

@@ -19,12 +19,23 @@ far edge only: a burst leaves a window up to one bucket width early.
 Hot path. `record` touches plain attributes only: the current second's counts live in three
 ints and reach the rings once per second (when a later second starts, or before any read).
 
-Time never runs backwards inside a `TenantVolume`: a `now` earlier than the newest second seen
-counts as that second, so a clock step back cannot corrupt the rings.
+Record time. A message counts at its own time (the router passes the ingress timestamp, capped
+at its own clock), not at the time it is read. A record older than the current second (a
+backlog read after a restart, another ingest worker's clock a little behind) goes straight into
+the buckets of its own second, in each window that still reaches back that far; one older than
+every window counts in the totals only. So a backlog read late is never mistaken for a flood.
+
+Restore. A persisted state holds every message up to its newest one (`last_message_at`). After
+a restart the router reads ingress again from its last commit, which may be older: messages
+stamped at or before that newest one are taken as counted already, until the first message
+stamped after it ends the re-read. Ingress order is time order but for the skew between ingest
+clocks; with skew, a few of the slower clock's messages right after the state may go uncounted,
+never any counted twice.
 """
 
 from __future__ import annotations
 
+import math
 from array import array
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -35,6 +46,7 @@ MINUTE_BUCKETS = 60  # 1-min buckets: the 5-min and 1-h windows; the part that i
 
 _FIELDS = 3  # per bucket: messages, bytes, DLQ records
 _NEVER = -(1 << 62)  # head of a ring nothing was written to: older than any real bucket
+_NO_TIME = -math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +81,8 @@ class _Ring:
     """(messages, bytes, DLQ) per bucket of `width` seconds, for the newest `size` buckets.
 
     Stale buckets are cleared lazily, when a write moves the head past them; reads ignore
-    buckets outside the window instead of clearing them, so reading never mutates.
+    buckets outside the window instead of clearing them, so reading never mutates. A write to a
+    bucket older than the head lands in its own bucket, or nowhere if the ring no longer holds it.
     """
 
     __slots__ = ("_counts", "_head", "_size", "_width")
@@ -81,10 +94,12 @@ class _Ring:
         self._head = _NEVER  # index (bucket widths since the epoch) of the newest written bucket
 
     def add(self, second: int, messages: int, nbytes: int, dlq: int) -> None:
-        """Count into the bucket of `second`, which is never older than the newest bucket."""
+        """Count into the bucket of `second`, unless it is older than every bucket kept."""
         bucket = second // self._width
         if bucket > self._head:
             self._advance(bucket)
+        elif bucket <= self._head - self._size:
+            return
         slot = bucket % self._size * _FIELDS
         counts = self._counts
         counts[slot] += messages
@@ -126,42 +141,60 @@ class TenantVolume:
 
     __slots__ = (
         "_bytes",
+        "_counted_until",
         "_dlq",
         "_dlq_total",
+        "_from",
         "_messages",
         "_minutes",
+        "_newest",
         "_received",
         "_roll_at",
         "_second",
         "_seconds",
         "_tens",
-        "last_message_at",
     )
 
     def __init__(self) -> None:
-        # Counts of second `_second`, not yet in the rings; `_roll_at` is when the next starts.
+        # Counts of second `_second`, not yet in the rings: those of records timed from `_from`
+        # up to `_roll_at`, when the next second starts. Earlier ones are late (`_count_late`).
         self._messages = 0
         self._bytes = 0
         self._dlq = 0
         self._second = _NEVER
-        self._roll_at = float("-inf")
+        self._from = _NO_TIME
+        self._roll_at = _NO_TIME
         self._seconds = _Ring(SECOND_BUCKETS, 1)
         self._tens = _Ring(TEN_SECOND_BUCKETS, 10)
         self._minutes = _Ring(MINUTE_BUCKETS, 60)
         self._received = 0
         self._dlq_total = 0
-        self.last_message_at: float | None = None
+        self._newest = _NO_TIME  # time of the newest message counted
+        self._counted_until = _NO_TIME  # after a restore: messages up to here are in the state
 
-    def record(self, now: float, messages: int = 1, nbytes: int = 0) -> None:
-        if now >= self._roll_at:
-            self._roll(now)
+    @property
+    def last_message_at(self) -> float | None:
+        return None if self._newest == _NO_TIME else self._newest
+
+    def record(self, at: float, messages: int = 1, nbytes: int = 0) -> None:
+        """Count messages of time `at` (a record's own time, not when it is read)."""
+        if at >= self._roll_at:
+            self._roll(at)
+            self._counted_until = _NO_TIME  # a message newer than any restored: re-read over
+        elif at < self._from:
+            self._count_late(at, messages, nbytes)
+            return
         self._messages += messages
         self._bytes += nbytes
-        self.last_message_at = now
+        if at > self._newest:
+            self._newest = at
 
-    def record_dlq(self, now: float, n: int = 1) -> None:
-        if now >= self._roll_at:
-            self._roll(now)
+    def record_dlq(self, at: float, n: int = 1) -> None:
+        if at >= self._roll_at:
+            self._roll(at)
+        elif at < self._from:
+            self._add(int(at), 0, 0, n)
+            return
         self._dlq += n
 
     def recent_rate(self, now: float, seconds: int = 2) -> float:
@@ -204,8 +237,8 @@ class TenantVolume:
     def to_state(self) -> dict[str, Any]:
         """JSON-able: the minute buckets (5-min and 1-h windows), totals and the last message.
 
-        The 1-s and 10-s buckets are not kept: after a restore the 10-s and 1-min windows start
-        empty and fill again within a minute.
+        The 1-s and 10-s buckets are not kept: after a restore the 10-s and 1-min windows hold
+        only what is counted after it (read less, never more) and are whole again within a minute.
         """
         self._flush()
         return {
@@ -217,7 +250,9 @@ class TenantVolume:
 
     @classmethod
     def from_state(cls, state: dict[str, Any], now: float) -> TenantVolume:
-        """A volume as `to_state` left it; buckets a clock ahead of ours wrote move back to now."""
+        """A volume as `to_state` left it, at `now`, that goes on counting from the state's
+        newest message: later messages read now count at their own time, earlier ones (read
+        again) not at all. Buckets a clock ahead of ours wrote move back to now."""
         volume = cls()
         head, *counts = state["minutes"]
         shift = max(0, head - int(now) // 60)
@@ -228,25 +263,43 @@ class TenantVolume:
                 volume._minutes.add((bucket - shift) * 60, messages, nbytes, dlq)
         volume._received = state["received"]
         volume._dlq_total = state["dlq"]
-        volume.last_message_at = state["last_message_at"]
-        volume._second = int(now)  # an earlier `now` later on counts as this second
-        volume._roll_at = volume._second + 1.0
+        if state["last_message_at"] is not None:
+            # A writer's clock ahead of ours may have counted messages stamped after our `now`;
+            # we count nothing later than our clock (the router caps record times at it).
+            newest = min(state["last_message_at"], now)
+            volume._newest = volume._counted_until = newest
+            volume._second = int(newest)
+            # No current second: the next message either ends the re-read or is late.
+            volume._from = volume._roll_at = math.nextafter(newest, math.inf)
         return volume
 
-    def _roll(self, now: float) -> None:
+    def _roll(self, at: float) -> None:
         self._flush()
-        self._second = int(now)
+        self._second = int(at)
+        self._from = float(self._second)
         self._roll_at = self._second + 1.0
+
+    def _count_late(self, at: float, messages: int, nbytes: int) -> None:
+        """Messages older than the current second, in the buckets of their own second."""
+        if at <= self._counted_until:
+            return  # read again after a restore: the restored state has them
+        self._counted_until = _NO_TIME  # newer than the state: the re-read is over
+        self._add(int(at), messages, nbytes, 0)
+        if at > self._newest:
+            self._newest = at
 
     def _flush(self) -> None:
         """Move the current second's counts into the rings."""
         messages, nbytes, dlq = self._messages, self._bytes, self._dlq
         if messages or nbytes or dlq:
-            for ring in (self._seconds, self._tens, self._minutes):
-                ring.add(self._second, messages, nbytes, dlq)
-            self._received += messages
-            self._dlq_total += dlq
+            self._add(self._second, messages, nbytes, dlq)
             self._messages = self._bytes = self._dlq = 0
+
+    def _add(self, second: int, messages: int, nbytes: int, dlq: int) -> None:
+        for ring in (self._seconds, self._tens, self._minutes):
+            ring.add(second, messages, nbytes, dlq)
+        self._received += messages
+        self._dlq_total += dlq
 
     def _settle(self, now: float) -> float:
         """Flush before a read; the read happens at `now`, or at the newest second seen."""
@@ -265,17 +318,18 @@ class TenantVolumes:
     def __init__(self) -> None:
         self._volumes: dict[str, TenantVolume] = {}
 
-    def record(self, tenant: str, now: float, nbytes: int) -> None:
+    def record(self, tenant: str, at: float, nbytes: int) -> None:
+        """Count one message of time `at`: its ingress timestamp, capped at the reader's clock."""
         volume = self._volumes.get(tenant)
         if volume is None:
             volume = self._volumes[tenant] = TenantVolume()
-        volume.record(now, 1, nbytes)
+        volume.record(at, 1, nbytes)
 
-    def record_dlq(self, tenant: str, now: float, n: int = 1) -> None:
+    def record_dlq(self, tenant: str, at: float, n: int = 1) -> None:
         volume = self._volumes.get(tenant)
         if volume is None:
             volume = self._volumes[tenant] = TenantVolume()
-        volume.record_dlq(now, n)
+        volume.record_dlq(at, n)
 
     def snapshot(self, tenant: str, now: float) -> VolumeSnapshot:
         volume = self._volumes.get(tenant)

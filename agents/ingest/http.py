@@ -31,8 +31,8 @@ from aiohttp import web
 from faust.web import View
 
 from agents.ingest.accept import Ingest, IngestResult
-from agents.web.admin import api_errors
-from agents.web.auth import ApiError, Guard
+from agents.web.auth import Guard
+from agents.web.common import ApiError, api_errors
 from streams.app import LanewayApp
 from streams.hl7 import Hl7Error
 

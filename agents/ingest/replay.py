@@ -37,8 +37,8 @@ from faust.web import View
 from multidict import MultiMapping
 
 from agents.ingest.writer import IngestUnavailable, IngressWriter
-from agents.web.admin import api_errors
-from agents.web.auth import ApiError, Guard
+from agents.web.auth import Guard
+from agents.web.common import ApiError, api_errors
 from agents.web.fetch import original_by_ref
 from streams.app import LanewayApp
 

@@ -17,13 +17,15 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
-from faust.types import EventT, TopicT
+from faust.types import TP, EventT, TopicT
 
 from agents.state.publisher import BatchPublisher
 from agents.state.registry import TenantRegistry
 from streams.app import LanewayApp
 from streams.gcra import Gcra
+from streams.lanes import drain_share
 from streams.masking import OutputShapers
 from streams.processing import (
     IngressRecord,
@@ -42,18 +44,49 @@ log = logging.getLogger(__name__)
 UNKNOWN_TENANT_WAIT_S = 2.0
 
 
+class DrainPace:
+    """The lane worker's pace: its share of the deployment's drain budget (`drain_share`), which
+    follows the dedicated lanes Faust assigns it."""
+
+    def __init__(self, app: LanewayApp, budget_per_s: float) -> None:
+        self.budget_per_s = budget_per_s
+        self.rate_per_s = 0.0  # nothing assigned yet, nothing to drain
+        self._burst = app.laneway.batch_max
+        self._lane_count = app.laneway.dedicated_lanes
+        self._lanes = app.topic_names.dedicated_lanes
+        self._gcra = Gcra(budget_per_s, self._burst)
+        app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]  # mode's receiver type is narrower than what it calls
+
+    async def _on_assigned(self, sender: Any, assigned: set[TP], **_: Any) -> None:
+        held = sum(1 for tp in assigned if tp.topic == self._lanes)
+        self.rate_per_s = drain_share(self.budget_per_s, held, self._lane_count)
+        if self.rate_per_s > 0:
+            self._gcra.set_contract(self.rate_per_s, self._burst)
+        log.info(
+            "drain pace %.0f records/s: %d of %d dedicated lanes",
+            self.rate_per_s,
+            held,
+            self._lane_count,
+        )
+
+    async def wait_for(self, records: int) -> None:
+        """Hold a batch of `records` until the pace allows it."""
+        await asyncio.sleep(self._gcra.admit(time.monotonic(), records))
+
+
 def install(
     app: LanewayApp,
     registry: TenantRegistry,
     lanes: TopicT,
     name: str,
     on_dlq: Callable[[Iterable[bytes]], None] | None = None,
-    drain_rate: float = 0.0,
-) -> None:
+    drain_budget: float = 0.0,
+) -> DrainPace | None:
     """Process the `lanes` topic(s); `on_dlq` hears the key of every DLQ record published.
 
-    With a `drain_rate` (records/s) the agent holds each batch until the rate allows it, so a
-    flood's backlog leaves the CPU and the broker to the shared lane; it waits in Kafka.
+    With a `drain_budget` (records/s, the deployment's) the agent holds each batch until its
+    `DrainPace` allows it, so a flood's backlog leaves the CPU and the broker to the shared lane;
+    it waits in Kafka. Returns the pace, if any.
 
     Faust acks a batch's offsets in a `finally` once the body moves on, so nothing may escape
     the body before the batch's outputs are published: `process_records` parks whatever it
@@ -63,7 +96,7 @@ def install(
     topics = app.topic_names
     publisher = BatchPublisher(app)
     shapers = OutputShapers(registry.directory, settings.mask_secret_bytes)
-    pace = Gcra(drain_rate, burst=settings.batch_max) if drain_rate > 0 else None
+    pace = DrainPace(app, drain_budget) if drain_budget > 0 else None
 
     def unknown(record: IngressRecord) -> bool:
         """True for a tenant's record that no current tenant owns: the registry does not know
@@ -85,7 +118,7 @@ def install(
             settings.batch_max, within=settings.batch_within_s
         ):
             if pace is not None:
-                await asyncio.sleep(pace.admit(time.monotonic(), len(events)))
+                await pace.wait_for(len(events))
             records = [_ingress_record(event) for event in events]
             if any(unknown(record) for record in records):
                 # Perhaps only this worker's registry is behind (a tenant just onboarded
@@ -100,6 +133,8 @@ def install(
             )
             await publisher.publish(outputs)
             _count_dlq(app, outputs, on_dlq)
+
+    return pace
 
 
 def _ingress_record(event: EventT) -> IngressRecord:
@@ -139,6 +174,4 @@ def shared_lane(app: LanewayApp) -> TopicT:
 
 
 def dedicated_lanes(app: LanewayApp) -> TopicT:
-    return app.laneway_topic(
-        *(app.topic_names.dedicated_lane(lane) for lane in range(app.laneway.dedicated_lanes))
-    )
+    return app.laneway_topic(app.topic_names.dedicated_lanes)

@@ -8,8 +8,9 @@ event, measured), and forwards them in one record batch per lane partition. The 
 each lane is a Faust agent (`agents.lanes.processor`), the same code for every lane.
 
 - Records of tenants in the shared lane go to `laneway.lane.shared`, same partition as in
-  ingress; those of promoted tenants go to their `laneway.lane.dedicated.N`, read by the lane
-  worker. The ingress origin travels in a header: events keep their `ref` and idempotency key.
+  ingress; those of promoted tenants go to partition N of `laneway.lane.dedicated` (lane N),
+  read by the lane workers. The ingress origin travels in a header: events keep their `ref`
+  and idempotency key.
 - Co-partitioned state: the router reads exactly the ingress partitions whose shared-lane
   partitions Faust assigned to this worker, so the worker that processes a tenant's shared lane
   also measures and routes it.
@@ -66,7 +67,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 from aiokafka.partitioner import DefaultPartitioner
 from mode import Service
 
@@ -165,13 +166,14 @@ class Router(Service):
 
     async def on_start(self) -> None:
         settings = self.app.laneway
-        lanes = [self.topics.dedicated_lane(lane) for lane in range(settings.dedicated_lanes)]
+        lanes = self.topics.dedicated_lanes
         await self.app.declare(
-            self.topics.ingress, self.topics.control, self.topics.shared_lane, *lanes
+            self.topics.ingress, self.topics.control, self.topics.shared_lane, lanes
         )
-        self.publisher.declared(self.topics.shared_lane, *lanes)
+        self.publisher.declared(self.topics.shared_lane, lanes)
         self._admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
         await self._admin.start()
+        await self._grow_dedicated_lanes()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers,
             group_id=settings.router_group,  # offsets only: partitions follow Faust's
@@ -185,6 +187,18 @@ class Router(Service):
         await self._consumer.start()
         await self.tenant_states.ready.wait()
         self.ready.set()
+
+    async def _grow_dedicated_lanes(self) -> None:
+        """A deployment that raised LANEWAY_DEDICATED_LANES gets the new lanes' partitions
+        (`declare` keeps an existing topic as it is). The router picks a lane's partition by
+        number, not by the key's hash, so adding partitions moves no tenant."""
+        assert self._admin is not None
+        topic, wanted = self.topics.dedicated_lanes, self.app.laneway.dedicated_lanes
+        [description] = await self._admin.describe_topics([topic])
+        present = len(description["partitions"])
+        if present < wanted:
+            await self._admin.create_partitions({topic: NewPartitions(wanted)})
+            log.info("dedicated lanes grown from %d to %d", present, wanted)
 
     async def on_stop(self) -> None:
         await self._stop_replays(list(self._replays))
@@ -309,7 +323,7 @@ class Router(Service):
             return {}
         settings = self.app.laneway
         lane_partitions = [(self.topics.shared_lane, p) for p in sorted(partitions)] + [
-            (self.topics.dedicated_lane(lane), 0) for lane in range(settings.dedicated_lanes)
+            (self.topics.dedicated_lanes, lane) for lane in range(settings.dedicated_lanes)
         ]
         ends = await self._end_offsets(lane_partitions)
         self.routes.lane_ends(ends)
@@ -410,7 +424,7 @@ class Router(Service):
             dedicated |= {cut.from_lane, cut.to_lane}
         shared = (self.topics.shared_lane, self._partition_of(tenant))
         lanes = sorted(lane for lane in dedicated if lane is not None)
-        return [shared, *((self.topics.dedicated_lane(lane), 0) for lane in lanes)]
+        return [shared, *((self.topics.dedicated_lanes, lane) for lane in lanes)]
 
     def _forget(self, tenant: str) -> None:
         self.volumes.forget(tenant)
@@ -465,7 +479,7 @@ class Router(Service):
         lane = servable_lane(lane, self.app.laneway.dedicated_lanes)
         if lane is None:
             return forward_to_lane(record, self.topics.shared_lane, record.partition)
-        return forward_to_lane(record, self.topics.dedicated_lane(lane))
+        return forward_to_lane(record, self.topics.dedicated_lanes, lane)
 
     async def _forward(self, forwards: list[OutgoingRecord]) -> None:
         if not forwards:

@@ -17,8 +17,7 @@ new tenant of that id never inherits its events, DLQ or replay position) and the
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -32,7 +31,8 @@ from pydantic import ValidationError
 
 from agents.state.mirror import MirrorUnavailable
 from agents.state.registry import TenantRegistry
-from agents.web.auth import ApiError, Guard, validation_error
+from agents.web.auth import Guard
+from agents.web.common import ApiError, api_errors, json_body, validation_error
 from streams.app import LanewayApp
 from streams.auth import hash_token, new_token
 from streams.tenants import RetiredTenant, SenderIdentity, TenantPatch, TenantRecord, TenantSpec
@@ -43,32 +43,7 @@ PURGE_POLL_S = 0.2
 REGISTRY_CATCH_UP_S = 5.0
 UNKNOWN_TOPIC_OR_PARTITION = 3  # Kafka's error code for a topic that does not exist
 
-Handler = Callable[..., Awaitable[web.Response]]
 T = TypeVar("T")
-
-
-def api_errors(handler: Handler) -> Handler:
-    """Turn ApiError and registry outages into JSON answers."""
-
-    async def wrapped(view: View, request: web.Request, **match: str) -> web.Response:
-        try:
-            return await handler(view, request, **match)
-        except ApiError as error:
-            return error.response()
-        except MirrorUnavailable:
-            return ApiError(503, "registry_unavailable", "tenant registry unavailable").response()
-
-    return wrapped
-
-
-async def json_body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.read())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ApiError(400, "invalid_json", "the body is not valid JSON") from error
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json", "the body must be a JSON object")
-    return body
 
 
 class TenantTopics(Service):

@@ -1,43 +1,16 @@
-"""Bearer-token checks and JSON errors shared by Laneway's views."""
+"""Bearer-token checks: who may call which of Laneway's views."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from aiohttp import web
-from pydantic import ValidationError
 
 from agents.state.registry import TenantRegistry
+from agents.web.common import ApiError
 from streams.auth import Principal, authenticate, bearer_token, hash_token
 
 REGISTRY_WAIT_S = 10.0
-
-
-class ApiError(Exception):
-    """An error answer: HTTP status, a stable machine-readable code and a human message."""
-
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.extra = extra
-
-    def response(self) -> web.Response:
-        body = {"error": self.code, "message": self.message, **self.extra}
-        headers = {"WWW-Authenticate": 'Bearer realm="laneway"'} if self.status == 401 else None
-        return web.json_response(body, status=self.status, headers=headers)
-
-
-def validation_error(error: ValidationError) -> ApiError:
-    """422 naming every bad field by its dotted path, e.g. `senders.0.application`."""
-    problems = [
-        {"field": ".".join(str(part) for part in item["loc"]) or "body", "message": item["msg"]}
-        for item in error.errors(include_url=False, include_input=False)
-    ]
-    fields = ", ".join(problem["field"] for problem in problems)
-    return ApiError(422, "invalid_field", f"invalid value for: {fields}", problems=problems)
 
 
 class Guard:

@@ -16,7 +16,7 @@ from pathlib import Path
 from aiohttp import web
 from faust.web import View
 
-from agents.web.stats import no_store
+from agents.web.common import no_store
 from streams.app import LanewayApp
 
 STATIC_DIR = Path(__file__).with_name("static")

@@ -30,8 +30,8 @@ from faust.web import View
 from mode import Service
 
 from agents.state.registry import TenantRegistry
-from agents.web.admin import api_errors
-from agents.web.auth import ApiError, Guard
+from agents.web.auth import Guard
+from agents.web.common import ApiError, api_errors
 from streams.app import LanewayApp
 from streams.hl7 import split_batch
 from streams.processing import incarnation_of

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from faust.sensors.prometheus import setup_prometheus_sensors
 from prometheus_client import (
@@ -29,13 +30,60 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from agents.ingest.accept import Ingest
-from agents.ingest.mllp import MllpCounters
-from agents.web.stats import FLAGS, StatsService, TenantStats
+from agents.state.broker_watch import BrokerWatch
+from agents.web.stats import StatsService
 from streams.app import LanewayApp
 from streams.mllp_limits import Limit
+from streams.stats import FLAGS, TenantStats
+
+if TYPE_CHECKING:  # only their types: the web views import nothing of ingest at run time
+    from agents.ingest.accept import Ingest
+    from agents.ingest.mllp import MllpCounters
+    from agents.lanes.processor import DrainPace
 
 WINDOWS = {"10s": "rate_10s", "1m": "rate_1m", "5m": "rate_5m"}
+
+
+def process_metrics(app: LanewayApp, broker: BrokerWatch) -> Iterator[Metric]:
+    """What every worker process reports: its view of Kafka and the DLQ records it wrote."""
+    yield GaugeMetricFamily(
+        "laneway_kafka_up",
+        "1 while this process reaches the Kafka cluster, 0 while it does not.",
+        value=int(broker.up),
+    )
+    yield GaugeMetricFamily(
+        "laneway_kafka_brokers",
+        "Brokers listed in the cluster metadata at the last probe (0 while unreachable).",
+        value=broker.brokers,
+    )
+    parked = CounterMetricFamily(
+        "laneway_dlq_records",
+        "DLQ records this process wrote, by reason code (a fixed set of codes).",
+        labels=["reason"],
+    )
+    for reason, value in sorted(app.dlq_reasons.items()):
+        parked.add_metric([reason], value)
+    yield parked
+
+
+class LaneWorkerCollector(Collector):
+    """The lane worker's metrics: it has no ingest and no stats of its own (the shared workers
+    report the lanes' tenants, rates and backlogs cluster-wide)."""
+
+    def __init__(self, app: LanewayApp, broker: BrokerWatch, pace: DrainPace | None) -> None:
+        self._app = app
+        self._broker = broker
+        self._pace = pace
+
+    def collect(self) -> Iterator[Metric]:
+        yield from process_metrics(self._app, self._broker)
+        if self._pace is not None:
+            yield GaugeMetricFamily(
+                "laneway_lane_drain_rate_records_per_second",
+                "This lane worker's share of the deployment's drain budget "
+                "(LANEWAY_LANE_DRAIN_RATE), by the dedicated lanes it holds.",
+                value=self._pace.rate_per_s,
+            )
 
 
 class LanewayCollector(Collector):
@@ -51,26 +99,8 @@ class LanewayCollector(Collector):
         self._lanes = ["shared", *(str(lane) for lane in range(dedicated_lanes))]
 
     def collect(self) -> Iterator[Metric]:
-        broker = self._stats.broker
-        yield GaugeMetricFamily(
-            "laneway_kafka_up",
-            "1 while this process reaches the Kafka cluster, 0 while it does not.",
-            value=int(broker.up),
-        )
-        yield GaugeMetricFamily(
-            "laneway_kafka_brokers",
-            "Brokers listed in the cluster metadata at the last probe (0 while unreachable).",
-            value=broker.brokers,
-        )
+        yield from process_metrics(self._stats.app, self._stats.broker)
         yield from self._tenant_metrics(self._stats.rows(time.time()))
-        parked = CounterMetricFamily(
-            "laneway_dlq_records",
-            "DLQ records this process wrote, by reason code (a fixed set of codes).",
-            labels=["reason"],
-        )
-        for reason, value in sorted(self._stats.app.dlq_reasons.items()):
-            parked.add_metric([reason], value)
-        yield parked
         refused = CounterMetricFamily(
             "laneway_ingest_refused",
             "Messages refused at ingest (never written), by path and reason code.",
@@ -203,15 +233,15 @@ def _lane_label(row: TenantStats) -> str:
     return "shared" if row.lane is None else str(row.lane)
 
 
-def install(app: LanewayApp, stats: StatsService, ingest: Ingest, mllp: MllpCounters) -> None:
+def install(app: LanewayApp, collector: Collector) -> None:
     """Serve `GET /metrics` from a registry of this app's own (several apps may share a process,
-    as in tests): Faust's sensor, Laneway's collector and the process collectors."""
+    as in tests): Faust's sensor, Laneway's `collector` and the process collectors."""
     # `*_created` timestamps double the series count and tell an operator nothing here. The
     # switch is process-wide, which is the worker process.
     disable_created_metrics()
     registry = CollectorRegistry()
-    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-        registry.register(collector)
-    registry.register(LanewayCollector(stats, ingest, mllp, app.laneway.dedicated_lanes))
+    for process_collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        registry.register(process_collector)
+    registry.register(collector)
     # A fixed prefix: metric names must not change with the app id.
     setup_prometheus_sensors(app, pattern="/metrics", registry=registry, name_prefix="faust")

@@ -307,6 +307,23 @@ async def delete_topics_with_prefix(bootstrap: str, *prefixes: str) -> None:
         await client.close()
 
 
+async def group_settles(bootstrap: str, group: str, members: int, timeout_s: float) -> bool:
+    """True once the consumer group is stable (no rebalance under way) with `members` members."""
+    client = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await client.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            [response] = await client.describe_consumer_groups([group])
+            [(_, _, state, _, _, found)] = response.groups
+            if state == "Stable" and len(found) == members:
+                return True
+            await asyncio.sleep(0.2)
+        return False
+    finally:
+        await client.close()
+
+
 async def consume_until(
     bootstrap: str,
     topics: Iterable[str],

@@ -18,6 +18,7 @@ from tests.harness import (
     Api,
     WorkerProcess,
     fresh_ports,
+    group_settles,
     suite_env,
 )
 
@@ -99,23 +100,6 @@ async def api(worker: WorkerProcess) -> AsyncIterator[Api]:
         yield client
 
 
-async def _group_settles(bootstrap: str, group: str, members: int, timeout_s: float) -> bool:
-    """True once the consumer group is stable (no rebalance under way) with `members` members."""
-    client = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await client.start()
-    try:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while asyncio.get_running_loop().time() < deadline:
-            [response] = await client.describe_consumer_groups([group])
-            [(_, _, state, _, _, found)] = response.groups
-            if state == "Stable" and len(found) == members:
-                return True
-            await asyncio.sleep(0.2)
-        return False
-    finally:
-        await client.close()
-
-
 @pytest.fixture
 def second_worker(
     worker: WorkerProcess, worker_env: dict, tmp_path_factory: pytest.TempPathFactory
@@ -130,9 +114,9 @@ def second_worker(
     process = WorkerProcess(env, base / "second-worker.log")
     process.start()
     try:
-        if not asyncio.run(_group_settles(bootstrap, group, 2, timeout_s=60)):
+        if not asyncio.run(group_settles(bootstrap, group, 2, timeout_s=60)):
             pytest.fail(f"the group did not settle with two workers:\n{process.log_tail()}")
         yield process
     finally:
         process.stop()
-        asyncio.run(_group_settles(bootstrap, group, 1, timeout_s=60))
+        asyncio.run(group_settles(bootstrap, group, 1, timeout_s=60))

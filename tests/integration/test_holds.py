@@ -211,7 +211,7 @@ async def test_a_pin_right_after_a_restart_waits_for_the_backlog_of_the_lane_it_
             await pin(api, tenant_id, "dedicated")
         await tenant_moves(bootstrap, topics, tenant_id, 1)
         lanes = [
-            TopicPartition(topics.dedicated_lane(n), 0)
+            TopicPartition(topics.dedicated_lanes, n)
             for n in range(settings_of(env).dedicated_lanes)
         ]
 

@@ -182,7 +182,7 @@ async def test_a_dedicated_lane_drains_at_its_bounded_rate_and_the_move_back_wai
     # Before any traffic: a pin takes effect on its own.
     assert len(await tenant_moves(bootstrap, topics, tenant_id, 1)) == 1
 
-    lanes = [topics.dedicated_lane(lane) for lane in range(settings.dedicated_lanes)]
+    lanes = [topics.dedicated_lanes]
     lanes_before = await end_offsets_total(bootstrap, lanes)
     feed = SyntheticFeed(seed=13, control_id_prefix="DRAIN-", escape_rate=0)
     sent: list[str] = []

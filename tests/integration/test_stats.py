@@ -20,9 +20,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client.parser import text_string_to_metric_families
 
-from agents.web.stats import current_rates
 from streams.hl7.synthetic import SyntheticFeed
 from streams.mllp import Frame, MllpDecoder, frame
+from streams.stats import current_rates
 from streams.topics import TopicNames
 from streams.volume import TenantVolume
 from tests.harness import REPO, Api, WorkerProcess

@@ -67,7 +67,7 @@ async def test_every_topic_on_the_broker_is_created_as_its_spec_says(
     expected = [
         names.ingress,
         names.shared_lane,
-        *(names.dedicated_lane(lane) for lane in range(settings.dedicated_lanes)),
+        names.dedicated_lanes,
         names.control,
         names.tenants,
         names.tenant_state,

@@ -12,7 +12,7 @@ from streams.lanes import LaneAssignments, LaneMove
 from streams.processing import IngressRecord
 
 SHARED = "laneway.lane.shared"
-LANE_1 = "laneway.lane.dedicated.1"
+DEDICATED = "laneway.lane.dedicated"
 T0 = 1_700_000_000.0
 
 
@@ -178,19 +178,19 @@ def test_a_repeated_or_stale_completion_is_harmless() -> None:
     assert routes.complete_cuts({(SHARED, 0): 10}) == []  # the same commits again
     assert routes.lanes.lane_of("a") == 1
 
-    routes.forwarded("a", LanePosition(LANE_1, 0, 30))
+    routes.forwarded("a", LanePosition(DEDICATED, 1, 30))
     demote = LaneMove("a", 1, None, "calm_and_drained", T0 + 200)
     routes.start_cut(demote)
     held = rec("a", 50)
     assert routes.hold("a", held, paused=False)
     # Commits read before the last forward (a stale answer) complete nothing.
-    assert routes.complete_cuts({(SHARED, 0): 10, (LANE_1, 0): 30}) == []
+    assert routes.complete_cuts({(SHARED, 0): 10, (DEDICATED, 1): 30}) == []
     assert routes.cutting("a")
 
     # The lane changed since the move was decided: the move is dropped, not applied, and the
     # held record goes to the lane the tenant is in.
     routes.lanes.restore("a", 2, T0 + 300)
-    assert routes.complete_cuts({(LANE_1, 0): 31}) == []
+    assert routes.complete_cuts({(DEDICATED, 1): 31}) == []
     assert not routes.cutting("a")
     assert routes.lanes.lane_of("a") == 2
     assert routes.releasable(never) == [("a", Hold(0, held.offset))]
@@ -198,11 +198,11 @@ def test_a_repeated_or_stale_completion_is_harmless() -> None:
 
 def test_drained_allows_slack_for_a_lane_nearly_caught_up() -> None:
     routes = TenantRoutes(LaneAssignments(4))
-    routes.forwarded("a", LanePosition(LANE_1, 0, 100))
+    routes.forwarded("a", LanePosition(DEDICATED, 1, 100))
 
-    assert routes.drained(["a", "new"], {(LANE_1, 0): 60}, slack=50) == {"a", "new"}
-    assert routes.drained(["a"], {(LANE_1, 0): 60}, slack=40) == set()
-    assert routes.drained(["a"], {(LANE_1, 0): 100}) == set()
+    assert routes.drained(["a", "new"], {(DEDICATED, 1): 60}, slack=50) == {"a", "new"}
+    assert routes.drained(["a"], {(DEDICATED, 1): 60}, slack=40) == set()
+    assert routes.drained(["a"], {(DEDICATED, 1): 100}) == set()
     assert routes.drained(["a"], {}) == set()  # no commit known: not drained
 
 
@@ -213,13 +213,13 @@ def test_after_a_restore_a_cut_waits_for_what_the_lanes_held_then() -> None:
     lanes = LaneAssignments(4)
     routes = TenantRoutes(lanes)
     lanes.restore("a", 1, T0)
-    routes.lane_ends({(SHARED, 0): 500, (LANE_1, 0): 80, (SHARED, 1): 0})
-    routes.expect_drain("a", [(SHARED, 0), (LANE_1, 0)])
+    routes.lane_ends({(SHARED, 0): 500, (DEDICATED, 1): 80, (SHARED, 1): 0})
+    routes.expect_drain("a", [(SHARED, 0), (DEDICATED, 1)])
 
-    assert routes.lane_partitions(["a"]) == {(SHARED, 0), (LANE_1, 0)}
-    assert routes.drained(["a"], {(SHARED, 0): 500, (LANE_1, 0): 60}, slack=10) == set()
-    assert routes.drained(["a"], {(SHARED, 0): 500, (LANE_1, 0): 79}) == set()
-    assert routes.drained(["a"], {(SHARED, 0): 500, (LANE_1, 0): 80}) == {"a"}
+    assert routes.lane_partitions(["a"]) == {(SHARED, 0), (DEDICATED, 1)}
+    assert routes.drained(["a"], {(SHARED, 0): 500, (DEDICATED, 1): 60}, slack=10) == set()
+    assert routes.drained(["a"], {(SHARED, 0): 500, (DEDICATED, 1): 79}) == set()
+    assert routes.drained(["a"], {(SHARED, 0): 500, (DEDICATED, 1): 80}) == {"a"}
     assert routes.lane_partitions(["a"]) == set()  # past them for good: forgotten
 
     # A tenant nobody knew at the restore and pinned right after it: its cut out of the shared
@@ -239,14 +239,14 @@ def test_a_persisted_cut_resumes_unless_the_tenant_left_that_lane() -> None:
     lanes = LaneAssignments(4)
     routes = TenantRoutes(lanes)
     lanes.restore("a", 1, T0)
-    routes.lane_ends({(LANE_1, 0): 10})
+    routes.lane_ends({(DEDICATED, 1): 10})
     demote = LaneMove("a", 1, None, "calm_and_drained", T0)
-    routes.restore_cut(demote, may_be_in=[(LANE_1, 0)])
+    routes.restore_cut(demote, may_be_in=[(DEDICATED, 1)])
     routes.restore_hold("a", 0, 7)
     assert routes.cut_of("a") == demote
     assert routes.hold("a", rec("a", 8), paused=False)
-    assert routes.complete_cuts({(LANE_1, 0): 9}) == []
-    assert routes.complete_cuts({(LANE_1, 0): 10}) == [demote]
+    assert routes.complete_cuts({(DEDICATED, 1): 9}) == []
+    assert routes.complete_cuts({(DEDICATED, 1): 10}) == [demote]
     assert routes.releasable(never) == [("a", Hold(0, 7, persisted=7))]
 
     routes.restore_cut(LaneMove("b", 2, None, "pinned", T0))  # b is in the shared lane
@@ -257,7 +257,7 @@ def test_a_forgotten_tenant_leaves_nothing_behind() -> None:
     lanes = LaneAssignments(4)
     routes = TenantRoutes(lanes)
     lanes.restore("a", 1, T0)
-    routes.forwarded("a", LanePosition(LANE_1, 0, 5))
+    routes.forwarded("a", LanePosition(DEDICATED, 1, 5))
     routes.start_cut(LaneMove("a", 1, None, "calm_and_drained", T0 + 200))
     assert routes.hold("a", rec("a", 10), paused=False)
     routes.forwarded("b", LanePosition(SHARED, 0, 6))
@@ -292,15 +292,15 @@ def test_a_commits_lane_marks_are_where_the_forwards_of_its_uncommitted_records_
     marks.written((SHARED, 0), 100)  # the lane's end at the restore
     marks.read(0, 10)  # a batch from ingress offset 10: its forwards land at 100 or later
     marks.written((SHARED, 0), 130)
-    marks.written((LANE_1, 0), 7)
+    marks.written((DEDICATED, 1), 7)
     marks.read(0, 40)
     marks.written((SHARED, 0), 150)
 
     # A commit inside the first batch (a hold there): its later records may be at 100.
     assert marks.at(0, 25) == {(SHARED, 0): 100}
-    assert marks.at(0, 40) == {(SHARED, 0): 130, (LANE_1, 0): 7}
-    assert marks.at(0, 25) == {(SHARED, 0): 130, (LANE_1, 0): 7}  # older notes are dropped
-    assert marks.at(1, 0) == {(SHARED, 0): 150, (LANE_1, 0): 7}  # nothing read there: now
+    assert marks.at(0, 40) == {(SHARED, 0): 130, (DEDICATED, 1): 7}
+    assert marks.at(0, 25) == {(SHARED, 0): 130, (DEDICATED, 1): 7}  # older notes are dropped
+    assert marks.at(1, 0) == {(SHARED, 0): 150, (DEDICATED, 1): 7}  # nothing read there: now
 
 
 def test_records_found_forwarded_after_a_restore_are_skipped() -> None:

@@ -1,4 +1,5 @@
-"""Lane policy: promotion, hold-down demotion, pins, lane choice and the lazy LaneAssignments."""
+"""Lane policy: promotion, hold-down demotion, pins, lane choice, the lazy LaneAssignments, and
+the policy fed by the volume windows across a failover."""
 
 from __future__ import annotations
 
@@ -9,7 +10,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.lanes import LaneAssignment, LaneAssignments, LaneMove, LanePolicy, choose_lane, decide
+from streams.lanes import (
+    LaneAssignment,
+    LaneAssignments,
+    LaneMove,
+    LanePolicy,
+    choose_lane,
+    decide,
+    drain_share,
+)
+from streams.volume import TenantVolumes
 
 POLICY = LanePolicy()  # promote above max(4 x contract, 20/s); calm below 1 x contract for 120 s
 T0 = 1_700_000_000.0
@@ -332,3 +342,156 @@ def test_lane_assignments_restores_persisted_lanes() -> None:
 def test_policies_without_a_hysteresis_band_are_refused(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         LanePolicy(**kwargs)
+
+
+# ---------------------------------------------------------------- failover (issue 14, point 3)
+
+CONTRACT = 100.0  # msg/s
+STEADY = 50.0  # about half the contract: the tenants a restore used to promote all at once
+READ_BATCH = 1000  # records per pass of the router's read loop, a pass every 0.1 s
+EVALUATE_EVERY = 5  # passes: the router decides every 0.5 s
+
+
+@dataclass(frozen=True)
+class Written:
+    at: float  # when the record reached ingress
+    stamp: float  # its timestamp: `at`, but for an ingest worker whose clock is off
+
+
+def written(start: float, end: float, rate: float, skew: float = 0.0) -> list[Written]:
+    return [
+        Written(start + k / rate, start + k / rate + skew) for k in range(int((end - start) * rate))
+    ]
+
+
+class ReplayRouter:
+    """One tenant's ingress partition read and decided as `agents.lanes.router` does: a pass
+    every 0.1 s reads up to READ_BATCH records that exist by then, in ingress order, and counts
+    each at its timestamp capped at the router's clock; every EVALUATE_EVERY passes it decides."""
+
+    def __init__(self, tenant: str, partition: list[Written]) -> None:
+        self.tenant = tenant
+        self.partition = sorted(partition, key=lambda record: record.at)
+        self.volumes = TenantVolumes()
+        self.assignments = LaneAssignments()
+        self.read = 0  # the router's position in the partition
+        self.moves: list[LaneMove] = []
+        self.recent_rates: list[float] = []
+
+    def start_at(self, at: float) -> None:
+        """Commit position: the first record written at `at` or later is read next."""
+        self.read = next(i for i, record in enumerate(self.partition) if record.at >= at)
+
+    def run(self, start: float, until: float) -> None:
+        for tick in range(round((until - start) * 10)):
+            now = start + tick / 10
+            batch_end = min(self.read + READ_BATCH, len(self.partition))
+            while self.read < batch_end and self.partition[self.read].at <= now:
+                self.volumes.record(self.tenant, min(self.partition[self.read].stamp, now), 300)
+                self.read += 1
+            if tick % EVALUATE_EVERY == 0:
+                self.evaluate(now)
+
+    def evaluate(self, now: float) -> None:
+        recent_rate = self.volumes.recent_rate(self.tenant, now)
+        self.recent_rates.append(recent_rate)
+        move = decide(
+            self.assignments.assignment(self.tenant),
+            recent_rate=recent_rate,
+            rate_10s=self.volumes.snapshot(self.tenant, now).rate_10s,
+            contract_rate=CONTRACT,
+            now=now,
+            backlog_empty=True,
+            lane_loads=self.assignments.loads(),
+            policy=POLICY,
+        )
+        if move is not None:
+            self.assignments.apply(move)
+            self.moves.append(move)
+
+    def fail_over_to(self, restored_at: float, committed_at: float) -> ReplayRouter:
+        """The router that adopts the tenant at `restored_at` from this one's last state, and
+        reads again from this one's last ingress commit."""
+        state = self.volumes.state(self.tenant)
+        assert state is not None
+        successor = ReplayRouter(self.tenant, self.partition)
+        successor.volumes.restore(self.tenant, state, restored_at)
+        successor.start_at(committed_at)
+        return successor
+
+
+def crash_and_restore(
+    partition: list[Written], backlog_s: float, commit_lag_s: float
+) -> tuple[ReplayRouter, float]:
+    """5 min on a first router, which persists at `persisted`, dies 0.6 s later with its ingress
+    commit `commit_lag_s` behind the state; the next router adopts the tenant `backlog_s` later.
+    Returns the next router and the time it restored at."""
+    first = ReplayRouter("t", partition)
+    persisted = T0 + 300
+    first.run(T0, persisted)
+    successor = first.fail_over_to(persisted + 0.6 + backlog_s, persisted - commit_lag_s)
+    first.run(persisted, persisted + 0.6)  # counted, but never persisted: lost with the router
+    assert first.moves == []
+    return successor, persisted + 0.6 + backlog_s
+
+
+@pytest.mark.parametrize("backlog_s", [12, 30, 120])
+@pytest.mark.parametrize("commit_lag_s", [-0.4, 0.4, 5.0])
+def test_a_failover_never_promotes_a_tenant_that_did_not_burst(
+    backlog_s: float, commit_lag_s: float
+) -> None:
+    end = T0 + 300 + backlog_s + 60
+    partition = written(T0, end, STEADY)
+    successor, restored_at = crash_and_restore(partition, backlog_s, commit_lag_s)
+    successor.run(restored_at, end + 1)
+    assert successor.read == len(partition)  # the backlog was read, and the live traffic after
+    assert successor.moves == []
+    assert max(successor.recent_rates) <= STEADY * 1.05
+
+
+def test_an_ingest_clock_ahead_does_not_promote_across_a_failover() -> None:
+    # Two ingest workers write the tenant's records; one clock is 2 s ahead of the router's.
+    skew, end = 2.0, T0 + 400
+    partition = written(T0, end, STEADY / 2) + written(T0, end, STEADY / 2, skew=skew)
+    successor, restored_at = crash_and_restore(partition, 30, 0.4)
+    successor.run(restored_at, end)
+    assert successor.moves == []
+    # Read live, that clock's records are counted at the router's clock. In a backlog, the
+    # router caps the ones stamped after its clock at it: the clock's last `skew` seconds of
+    # records count in the second the router catches up, at most, and never more.
+    assert max(successor.recent_rates) <= STEADY + skew * STEADY / 2
+    assert successor.recent_rates[-1] == pytest.approx(STEADY, rel=0.1)
+
+
+@pytest.mark.parametrize(
+    ("burst_from", "promoted_within_s"),
+    [
+        (T0 + 320, 2.0),  # during the outage, and on: once the backlog is read
+        (T0 + 360, 1.5),  # after the restore: decisions every 0.5 s, a 2-s window
+    ],
+)
+def test_a_real_burst_across_a_failover_is_still_promoted(
+    burst_from: float, promoted_within_s: float
+) -> None:
+    end = T0 + 400
+    partition = written(T0, burst_from, STEADY) + written(burst_from, end, 6 * CONTRACT)
+    successor, restored_at = crash_and_restore(partition, 30, 0.4)
+    successor.run(restored_at, end)
+    [move] = successor.moves
+    assert (move.from_lane, move.reason) == (None, "rate_above_contract")
+    assert move.at - max(burst_from, restored_at) <= promoted_within_s
+
+
+@pytest.mark.parametrize(
+    ("held", "lanes", "share"),
+    [(4, 4, 800.0), (2, 4, 400.0), (1, 4, 200.0), (3, 4, 600.0), (0, 4, 0.0), (5, 4, 800.0)],
+)
+def test_a_lane_worker_drains_its_share_of_the_budget_by_lanes_held(
+    held: int, lanes: int, share: float
+) -> None:
+    assert drain_share(800.0, held, lanes) == share
+
+
+def test_lane_workers_together_never_exceed_the_budget() -> None:
+    for split in ([4], [2, 2], [1, 3], [1, 1, 1, 1], [1, 1, 2]):
+        assert sum(drain_share(1000.0, held, 4) for held in split) == pytest.approx(1000.0)

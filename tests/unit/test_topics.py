@@ -76,7 +76,7 @@ def test_the_table_has_a_spec_for_every_topic_name(prefix: str) -> None:
     table = TopicTable(make_settings(topic_prefix=prefix))
     produced = every_topic_name(table.names)
 
-    assert "dedicated_lane" in produced and "dlq_unrouted" in produced
+    assert "dedicated_lanes" in produced and "dlq_unrouted" in produced
     for kind, name in produced.items():
         assert table.kind(name) == kind
         assert table.spec(name).name == name
@@ -88,8 +88,8 @@ def test_the_table_has_a_spec_for_every_topic_name(prefix: str) -> None:
         "other.ingress",
         "laneway.out.Upper",
         "laneway.out.dot.ted",
-        "laneway.lane.dedicated.x",
-        "laneway.lane.dedicated.",
+        "laneway.lane.dedicated.0",
+        "laneway.lane.dedicateds",
         "laneway.something",
         "laneway.",
     ],
@@ -114,7 +114,7 @@ def test_the_specs_are_the_topics_laneway_has_always_created() -> None:
     expected = {
         names.ingress: (6, durable),
         names.shared_lane: (6, durable),  # co-partitioned with ingress
-        names.dedicated_lane(0): (1, durable),
+        names.dedicated_lanes: (settings.dedicated_lanes, durable),
         names.control: (1, durable),
         names.tenants: (1, compacted),
         names.tenant_state: (1, compacted),
@@ -171,9 +171,8 @@ async def test_every_creator_declares_its_topics_through_the_table(
         with pytest.raises(_Declared):
             await start
 
-    lanes = (names.dedicated_lane(0), names.dedicated_lane(1))
     assert declared == [
-        (names.ingress, names.control, names.shared_lane, *lanes),
+        (names.ingress, names.control, names.shared_lane, names.dedicated_lanes),
         (names.tenants,),
         (names.tenant_state,),
         (names.out(TENANT),),
@@ -218,7 +217,7 @@ def test_the_topics_faust_declares_for_its_agents_follow_the_table(tmp_path: Pat
     names = shared.topic_names
 
     assert _agent_topics(shared) == [(names.shared_lane,)]
-    assert _agent_topics(lane) == [tuple(names.dedicated_lane(n) for n in range(4))]
+    assert _agent_topics(lane) == [(names.dedicated_lanes,)]
     for app in (shared, lane):
         for agent in app.agents.values():
             topic = agent.channel  # type: ignore[attr-defined]
@@ -233,4 +232,4 @@ def test_one_faust_topic_cannot_mix_specs(tmp_path: Path) -> None:
     names = app.topic_names
 
     with pytest.raises(ValueError, match="differ"):
-        app.laneway_topic(names.shared_lane, names.dedicated_lane(0))
+        app.laneway_topic(names.shared_lane, names.dedicated_lanes)
