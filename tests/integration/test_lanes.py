@@ -182,7 +182,8 @@ async def test_a_dedicated_lane_drains_at_its_bounded_rate_and_the_move_back_wai
     # Before any traffic: a pin takes effect on its own.
     assert len(await tenant_moves(bootstrap, topics, tenant_id, 1)) == 1
 
-    lanes = [topics.dedicated_lanes]
+    # Lane N is partition N of one topic.
+    lanes = [TopicPartition(topics.dedicated_lanes, n) for n in range(settings.dedicated_lanes)]
     lanes_before = await end_offsets_total(bootstrap, lanes)
     feed = SyntheticFeed(seed=13, control_id_prefix="DRAIN-", escape_rate=0)
     sent: list[str] = []
@@ -216,11 +217,10 @@ async def test_a_dedicated_lane_drains_at_its_bounded_rate_and_the_move_back_wai
     assert decided_ms >= nearly_done, f"moved back with {span_s:.2f} s of drain, at {back['at']}"
 
 
-async def end_offsets_total(bootstrap: str, topics: list[str]) -> int:
+async def end_offsets_total(bootstrap: str, partitions: list[TopicPartition]) -> int:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
     try:
-        partitions = [TopicPartition(topic, 0) for topic in topics]
         return sum((await consumer.end_offsets(partitions)).values())
     finally:
         await consumer.stop()
