@@ -58,13 +58,6 @@ HELD_MESSAGES = 2560
 HELD_PAD_BYTES = 32 * 1024
 
 
-def fails_today(reason: str) -> pytest.MarkDecorator:
-    """A test today's router fails, for `reason`: it must fail by an assertion (a harness
-    error is no expected failure), and it fails the suite the day it passes, so that the fix
-    drops the marker."""
-    return pytest.mark.xfail(strict=True, raises=AssertionError, reason=f"issue 14: {reason}")
-
-
 @pytest.fixture
 def scene_settings() -> dict[str, str]:
     """Worker settings (Settings field names) of a test's deployment; a test overrides it."""
@@ -159,15 +152,6 @@ LEFT_AT_KILL = 100
 CUT_TIMEOUT_S = 60.0
 
 
-@fails_today(
-    "drain knowledge is in router memory. The restarted router has no last forward for the "
-    "tenant (`TenantRoutes.last_forwarded`), so `TenantRoutes.drained` counts it drained and "
-    "it logs 'tenant ... "
-    "moved from lane N to None (pinned)' within 0.5 s of 'router reads ingress partitions', "
-    "while lane N still holds the 350-500 records the lane worker has not committed; the "
-    "20 messages sent after the restart go through the shared lane and come out first "
-    "(350-500 order violations, e.g. F0000757 out after F0001189)",
-)
 @pytest.mark.parametrize("scene_settings", [{"lane_drain_rate": str(SLOW_DRAIN)}])
 async def test_kill_9_of_a_shared_worker_in_the_middle_of_a_drain_first_cut(
     scene_env: dict[str, str], tmp_path: Path
@@ -247,13 +231,6 @@ async def test_kill_9_of_the_lane_worker_with_a_backlog(
         await assert_survived(scene, report, quiet)
 
 
-@fails_today(
-    "a paused tenant's records are held in router memory (`TenantRoutes`' `Hold.records`): "
-    "the owner's RSS grows by 84-91 MiB (72 to 163 MiB) with the 80 MiB it holds, and the "
-    "worker that takes its partitions over while it restarts reads and holds them all again "
-    "(+84-91 MiB), beyond the 64 MiB bound; nothing is lost or reordered, duplicates keep "
-    "their key",
-)
 async def test_a_pause_that_spans_a_worker_restart(
     scene_env: dict[str, str], tmp_path: Path
 ) -> None:
