@@ -12,13 +12,14 @@ import uuid
 from datetime import datetime
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from streams.hl7.synthetic import SyntheticFeed
 from streams.processing import guess_control_id
 from streams.settings import Settings
 from streams.topics import TopicNames
 from tests.harness import Api, WorkerProcess, consume_until
+from tests.harness.scale import end_offsets
 
 pytestmark = pytest.mark.integration
 
@@ -217,10 +218,5 @@ async def test_a_dedicated_lane_drains_at_its_bounded_rate_and_the_move_back_wai
 
 
 async def end_offsets_total(bootstrap: str, topics: list[str]) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topic, 0) for topic in topics]
-        return sum((await consumer.end_offsets(partitions)).values())
-    finally:
-        await consumer.stop()
+    """The sum of the end offsets of every partition of `topics`."""
+    return sum((await end_offsets(bootstrap, topics)).values())
