@@ -12,13 +12,14 @@ import uuid
 from datetime import datetime
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from streams.hl7.synthetic import SyntheticFeed
 from streams.processing import guess_control_id
 from streams.settings import Settings
 from streams.topics import TopicNames
 from tests.harness import Api, WorkerProcess, consume_until
+from tests.harness.scale import end_offsets
 
 pytestmark = pytest.mark.integration
 
@@ -182,8 +183,7 @@ async def test_a_dedicated_lane_drains_at_its_bounded_rate_and_the_move_back_wai
     # Before any traffic: a pin takes effect on its own.
     assert len(await tenant_moves(bootstrap, topics, tenant_id, 1)) == 1
 
-    # Lane N is partition N of one topic.
-    lanes = [TopicPartition(topics.dedicated_lanes, n) for n in range(settings.dedicated_lanes)]
+    lanes = [topics.dedicated_lanes]
     lanes_before = await end_offsets_total(bootstrap, lanes)
     feed = SyntheticFeed(seed=13, control_id_prefix="DRAIN-", escape_rate=0)
     sent: list[str] = []
@@ -217,10 +217,6 @@ async def test_a_dedicated_lane_drains_at_its_bounded_rate_and_the_move_back_wai
     assert decided_ms >= nearly_done, f"moved back with {span_s:.2f} s of drain, at {back['at']}"
 
 
-async def end_offsets_total(bootstrap: str, partitions: list[TopicPartition]) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        return sum((await consumer.end_offsets(partitions)).values())
-    finally:
-        await consumer.stop()
+async def end_offsets_total(bootstrap: str, topics: list[str]) -> int:
+    """The sum of the end offsets of every partition of `topics`."""
+    return sum((await end_offsets(bootstrap, topics)).values())
