@@ -10,7 +10,11 @@ Importing this module builds nothing until the faust CLI reads `app`.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from agents.lanes import processor
 from agents.process import freeze_after_start, lower_priority, use_uvloop_by_default
@@ -20,6 +24,10 @@ from agents.web import metrics
 from streams.app import LanewayApp, create_app
 from streams.settings import Settings
 
+log = logging.getLogger(__name__)
+
+LANE_METADATA_MAX_AGE_MS = 30_000  # Faust's default is 5 minutes
+
 
 def build_lane_worker(settings: Settings | None = None, **faust_overrides: Any) -> LanewayApp:
     """The lane worker's app: the dedicated lanes' processor and the tenant registry."""
@@ -27,8 +35,19 @@ def build_lane_worker(settings: Settings | None = None, **faust_overrides: Any) 
     lane_settings = settings.model_copy(
         update={"app_id": settings.lane_worker_app_id, "web_port": settings.lane_web_port}
     )
-    app = create_app(lane_settings, **faust_overrides)
+    # A lane (partition) it missed at its join, or one the router added, is noticed within this
+    # long: the consumer reads the metadata of its one topic only, so it costs next to nothing.
+    overrides = {"consumer_metadata_max_age_ms": LANE_METADATA_MAX_AGE_MS, **faust_overrides}
+    app = create_app(lane_settings, **overrides)
     broker = broker_watch.install(app)
+    wait_for_broker = app.startup_gate
+
+    async def broker_then_lanes() -> None:
+        if wait_for_broker is not None:
+            await wait_for_broker()
+        await create_dedicated_lanes(app)
+
+    app.startup_gate = broker_then_lanes
     # Tenant configs for the per-tenant output options (thin, masks) of the lane's events.
     registry = TenantRegistry(app)
     app.add_service(registry)
@@ -42,6 +61,26 @@ def build_lane_worker(settings: Settings | None = None, **faust_overrides: Any) 
     metrics.install(app, metrics.LaneWorkerCollector(app, broker, pace))
     freeze_after_start(app, registry.ready)
     return app
+
+
+async def create_dedicated_lanes(app: LanewayApp) -> None:
+    """Create the dedicated-lanes topic before Faust's consumer joins its group. Faust declares
+    it too, but subscribes before the new topic reaches its metadata: a lane worker that starts
+    before any shared worker was then assigned no lane until the next metadata refresh, minutes
+    later (seen in tests/integration/test_scale_out.py)."""
+    spec = app.topic_table.spec(app.topic_names.dedicated_lanes)
+    admin = AIOKafkaAdminClient(bootstrap_servers=app.laneway.bootstrap_servers)
+    await admin.start()
+    try:
+        response = await admin.create_topics(
+            [NewTopic(spec.name, spec.partitions, spec.replication, topic_configs=spec.config)]
+        )
+    finally:
+        await admin.close()
+    # aiokafka reports per-topic errors in the response instead of raising them.
+    for topic, code, *_ in response.topic_errors:
+        if code not in (0, TopicAlreadyExistsError.errno):  # Faust's declare will try again
+            log.warning("topic %s not created before joining: %s", topic, for_code(code).__name__)
 
 
 def __getattr__(name: str) -> LanewayApp:

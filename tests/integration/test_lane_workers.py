@@ -92,3 +92,15 @@ async def lane_partitions(env: dict[str, str], topic: str) -> int:
         return len(description["partitions"])
     finally:
         await admin.close()
+
+
+@pytest.mark.timeout(300)
+async def test_a_lane_worker_started_before_any_shared_worker_gets_its_lanes(
+    worker_env: dict, tmp_path: Path
+) -> None:
+    env = own_worker_env(
+        worker_env, "lanefirst", tmp_path / "data", dedicated_lanes="4", lane_drain_rate=str(BUDGET)
+    )
+    # No shared worker has declared the lanes: Faust's own declare came too late for its join.
+    with WorkerProcess.lane(env, tmp_path / "lane.log") as lane:
+        assert await rates_become([lane], [BUDGET], 60) == [BUDGET], lane.log_tail()

@@ -70,3 +70,10 @@ def test_defaults_match_the_public_contract() -> None:
     assert settings.web_port == 6066
     assert settings.mllp_port == 2575
     assert settings.topic_prefix == "laneway."
+
+
+def test_the_lane_worker_notices_new_lanes_within_30_s(tmp_path: Path) -> None:
+    """A lane missed at its join (created as it joined) or added by the router later reaches
+    the lane worker's consumer at its next metadata refresh: Faust's default is 5 minutes."""
+    lane = build_lane_worker(make_settings(data_dir=tmp_path, lane_web_port=6126))
+    assert lane.conf.consumer_metadata_max_age_ms == 30_000
