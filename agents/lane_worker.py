@@ -13,13 +13,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.admin import AIOKafkaAdminClient
 
 from agents.lanes import processor
 from agents.process import freeze_after_start, lower_priority, use_uvloop_by_default
 from agents.state import broker_watch
 from agents.state.registry import TenantRegistry
+from agents.state.topic_admin import create_topics
 from agents.web import metrics
 from streams.app import LanewayApp, create_app
 from streams.settings import Settings
@@ -72,15 +72,11 @@ async def create_dedicated_lanes(app: LanewayApp) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=app.laneway.bootstrap_servers)
     await admin.start()
     try:
-        response = await admin.create_topics(
-            [NewTopic(spec.name, spec.partitions, spec.replication, topic_configs=spec.config)]
-        )
+        failed = await create_topics(admin, [spec])
     finally:
         await admin.close()
-    # aiokafka reports per-topic errors in the response instead of raising them.
-    for topic, code, *_ in response.topic_errors:
-        if code not in (0, TopicAlreadyExistsError.errno):  # Faust's declare will try again
-            log.warning("topic %s not created before joining: %s", topic, for_code(code).__name__)
+    for topic, error in failed.items():  # Faust's declare will try again
+        log.warning("topic %s not created before joining: %s", topic, error)
 
 
 def __getattr__(name: str) -> LanewayApp:

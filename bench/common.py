@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
+from agents.state.topic_admin import create_topics as agents_create_topics
 from streams.auth import hash_token, new_token
 from streams.settings import Settings
 from streams.tenants import TenantRecord, TenantSpec
@@ -109,11 +110,9 @@ async def declare_topics(
     admin: AIOKafkaAdminClient, table: TopicTable, names: Iterable[str]
 ) -> None:
     """Create Laneway topics as the topic table specifies them, as the workers would."""
-    specs = [table.spec(name) for name in names]
-    await _create(
-        admin,
-        [NewTopic(s.name, s.partitions, s.replication, topic_configs=s.config) for s in specs],
-    )
+    failed = await agents_create_topics(admin, [table.spec(name) for name in names])
+    if failed:
+        raise BenchError(f"topics not created: {failed}")
 
 
 async def _create(admin: AIOKafkaAdminClient, topics: list[NewTopic]) -> None:
