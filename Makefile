@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv lock browser kafka-up kafka-down run worker test test-unit lint format bench bench-throughput bench-mllp bench-isolation bench-dashboard bench-codec bench-outage bench-faults bench-tenants schema clean
+.PHONY: help venv lock browser kafka-up kafka-down run worker test test-unit lint format bench bench-throughput bench-mllp bench-isolation bench-dashboard bench-codec bench-outage bench-faults bench-tenants bench-chaos schema clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -91,6 +91,12 @@ bench-faults: kafka-up ## Fault inputs of every class at ingest beside a quiet t
 # `make bench`: ~25 min on 2 cores, and the broker needs an open-files limit above 20,000.
 bench-tenants: kafka-up ## 10,000 tenants on one shared worker: RSS per idle tenant, /api/stats, idle CPU, restart
 	@$(PY) -m bench.tenants
+
+# kafka-up for the broker jars only: the bench restarts a throwaway broker of its own. Not part of
+# `make bench`: 10 minutes of faults, then the drain. `python -m bench.chaos --duration-s 120` for
+# a short run, `--seed N` to replay a run's choices.
+bench-chaos: kafka-up ## 3 shared + 2 lane workers, 50 tenants, 10 min of kill -9, broker restart, scaling, pins, pauses
+	@$(PY) -m bench.chaos
 
 schema: $(STAMP) ## Regenerate docs/*-schema.json from streams/records.py
 	@$(PY) scripts/gen_schema.py

@@ -603,9 +603,16 @@ class Scene:
             kinds[self.topics.out(tenant)] = (tenant, "out")
             kinds[self.topics.dlq(tenant)] = (tenant, "dlq")
         expected = {a.control_id for s in self.senders.values() for a in s.accepted}
+        seen: set[str | None] = set()
+        parsed = 0
 
         def all_in(records: list[ConsumerRecord]) -> bool:
-            return expected <= {json.loads(r.value).get("control_id") for r in records}
+            # consume_until asks after every fetch, with the same list grown: parse only what
+            # came since (a long run delivers tens of thousands of records).
+            nonlocal parsed
+            seen.update(json.loads(r.value).get("control_id") for r in records[parsed:])
+            parsed = len(records)
+            return expected <= seen
 
         await consume_until(self.bootstrap, kinds, all_in, timeout_s)
         ends = await end_offsets(self.bootstrap, list(kinds))
