@@ -93,6 +93,14 @@ def test_a_gap_ends_at_an_arrival_of_any_waiting_message() -> None:
     assert longest_gap(waits) == (pytest.approx(12.0), 8.0)
 
 
+def test_time_in_an_uncounted_window_is_left_out_of_a_gap() -> None:
+    waits = [(0.0, 0.5), (1.0, 40.0), (41.0, 41.5)]  # nothing out from 1 to 40
+    assert longest_gap(waits) == (pytest.approx(39.0), 1.0)
+    assert longest_gap(waits, [(5.0, 35.0)]) == (pytest.approx(9.0), 1.0)
+    assert longest_gap(waits, [(30.0, 60.0)]) == (pytest.approx(29.0), 1.0)
+    assert longest_gap(waits, [(100.0, 200.0)]) == (pytest.approx(39.0), 1.0)
+
+
 def move(tenant: str, reason: str, at: str = "2026-12-02T08:00:00") -> dict[str, Any]:
     return {"tenant": tenant, "from": None, "to": 1, "reason": reason, "at": at}
 
