@@ -6,7 +6,9 @@ The deployment: `tests.harness.scale.Scene` on a throwaway Kafka (`ThrowawayClus
 bench/outage.py runs one: the bench restarts it, so never the shared development broker).
 Tenants, all over HTTP, stop-and-wait (`TenantSender`):
 - 2 flooders (contract 10/s): 1 msg/s, but in its turn one floods at 100 msg/s for 30 s, so the
-  routers promote it to a dedicated lane and, after the hold-down, demote it;
+  routers promote it to a dedicated lane and, after the hold-down, demote it. The flood goes
+  straight into ingress, as another producer's would (`Scene.produce`: acks=all, in order):
+  HTTP ingest writes a body's messages one by one, too slowly for one sender to flood;
 - `CHURN_TENANTS` churn tenants (contract 5/s, 1 msg/s): with the flooders, the targets of the
   random pins, pauses and resumes (a flooder in its turn is left alone: resumed and unpinned as
   the turn starts);
@@ -60,6 +62,7 @@ from typing import Any, Literal
 
 import aiohttp
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -84,9 +87,6 @@ QUIET_RATE = 1.0
 QUIET_CONTRACT = 5  # msgs/s; burst 2x
 FLOOD_CONTRACT = 10
 FLOOD_RATE = 100.0  # 10x the contract: promoted (above 4x and 20/s), below ingest's 20x ceiling
-# Messages per POST while flooding: 4 POSTs a second, which a stop-and-wait sender still makes
-# when the host's load slows each answer to ~200 ms.
-FLOOD_BATCH = 25
 FLOOD_S = 30.0
 FLOODERS = 2
 CHURN_TENANTS = 4
@@ -338,13 +338,15 @@ class Chaos:
             asyncio.create_task(loop())
             for loop in (self._floods, self._admin, self._status, self._watch_groups)
         ]
-        await asyncio.sleep(self.args.duration_s)
-        self._over.set()
-        self.say("run over: waiting for the fault under way, then resuming paused tenants")
-        await faults
-        for task in loops:
-            task.cancel()
-        await asyncio.gather(*loops, return_exceptions=True)
+        try:
+            await asyncio.sleep(self.args.duration_s)
+            self._over.set()
+            self.say("run over: waiting for the fault under way, then resuming paused tenants")
+            await faults
+        finally:  # and on an interrupt: nothing may restart a worker the scene is stopping
+            for task in [faults, *loops]:
+                task.cancel()
+            await asyncio.gather(faults, *loops, return_exceptions=True)
         await self._resume_all()
 
     async def _faults(self) -> None:
@@ -405,17 +407,35 @@ class Chaos:
                 await self._admin_action(flooder.tenant, "resume")
             if self.pins.get(flooder.tenant, "auto") != "auto":
                 await self._admin_action(flooder.tenant, "pin:auto")
-            flooder.batch = FLOOD_BATCH
-            self.scene.send(flooder, FLOOD_RATE)
+            try:
+                await self.scene.hold(flooder)  # its HTTP stream, until the flood is written
+            except HarnessError:  # a POST still unanswered: a flood now could overtake it
+                self.say(f"flood: {flooder.tenant} skips its turn (a POST unanswered)")
+                self.scene.send(flooder, self.args.quiet_rate)
+                self.flooding = None
+                continue
             self.say(f"flood: {flooder.tenant} at {FLOOD_RATE:g} msg/s for {end - start:.0f} s")
             began, before = time.time(), len(flooder.accepted)
-            await asyncio.sleep(max(0.0, self.t0 + end - time.time()))
-            flooder.batch = 1
+            await self._flood(flooder, self.t0 + end)
             self.scene.send(flooder, self.args.quiet_rate)
             self.flooding = None
             self.floods.append((began, time.time(), flooder.tenant))
             took = len(flooder.accepted) - before
             self.say(f"flood: {flooder.tenant} calm again ({took} accepted in its turn)")
+
+    async def _flood(self, flooder: TenantSender, until: float) -> None:
+        """FLOOD_RATE messages a second straight into ingress until `until`. Over HTTP, ingest
+        writes a body's messages one after the other (acks=all each): one stop-and-wait sender
+        got ~12 msg/s on this loaded host, too few to be promoted."""
+        async with self.scene.ingress_producer() as producer:
+            while time.time() < until:
+                second = time.monotonic()
+                try:
+                    async with asyncio.timeout(CALL_TIMEOUT_S):
+                        await self.scene.produce(flooder, round(FLOOD_RATE), producer)
+                except (KafkaError, TimeoutError) as error:  # the broker away: not accepted
+                    self.say(f"flood: {flooder.tenant}: {type(error).__name__}")
+                await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - second)))
 
     async def _admin(self) -> None:
         rng = random.Random(self.args.seed + 1)

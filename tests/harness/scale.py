@@ -565,28 +565,40 @@ class Scene:
 
         await eventually(enough, timeout_s, f"{count} more of {sender.tenant} accepted")
 
-    async def produce(self, sender: TenantSender, count: int) -> None:
-        """`count` messages straight into ingress (ingest refuses a paused tenant; another
-        producer may not), each acknowledged (acks=all) before the next: the sender's order."""
+    @contextlib.asynccontextmanager
+    async def ingress_producer(self) -> AsyncIterator[AIOKafkaProducer]:
+        """An acks=all producer for `produce`, for callers that produce again and again."""
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5)
         await producer.start()
         try:
-            messages = sender.next_messages(count)
-            for start in range(0, count, PRODUCE_CHUNK):
-                chunk = messages[start : start + PRODUCE_CHUNK]
-                futures = [
-                    await producer.send(self.topics.ingress, payload, key=sender.tenant.encode())
-                    for _, _, payload in chunk
-                ]
-                written = await asyncio.gather(*futures)
-                sender.note_produced(
-                    [
-                        (seq, cid, meta.offset)
-                        for (seq, cid, _), meta in zip(chunk, written, strict=True)
-                    ]
-                )
+            yield producer
         finally:
             await producer.stop()
+
+    async def produce(
+        self, sender: TenantSender, count: int, producer: AIOKafkaProducer | None = None
+    ) -> None:
+        """`count` messages straight into ingress (ingest refuses a paused tenant; another
+        producer may not), in chunks each acknowledged (acks=all) before the next: the sender's
+        order. With `producer` (from `ingress_producer`), on that one, else on one of its own."""
+        if producer is None:
+            async with self.ingress_producer() as own:
+                await self.produce(sender, count, own)
+            return
+        messages = sender.next_messages(count)
+        for start in range(0, count, PRODUCE_CHUNK):
+            chunk = messages[start : start + PRODUCE_CHUNK]
+            futures = [
+                await producer.send(self.topics.ingress, payload, key=sender.tenant.encode())
+                for _, _, payload in chunk
+            ]
+            written = await asyncio.gather(*futures)
+            sender.note_produced(
+                [
+                    (seq, cid, meta.offset)
+                    for (seq, cid, _), meta in zip(chunk, written, strict=True)
+                ]
+            )
 
     async def stop_traffic(self) -> None:
         """Every stream ends after its POST in flight; the RSS sampler goes on."""
