@@ -18,8 +18,9 @@ Tenants, all over HTTP, stop-and-wait (`TenantSender`):
 Faults, one at a time (`plan_faults`): a kill -9 of a random worker (shared or lane) every
 `--kill-every-s`, restarted at once; a shared worker added at a quarter of the run, the broker
 restarted (graceful stop, start) at 45 %, a shared worker removed (SIGTERM) at 70 %, each half-way
-between two kills. Admin actions come every 8-20 s. At the end every paused tenant is resumed,
-traffic stops, every out and DLQ topic is read and checked (`tests.harness.scale.check`).
+between two kills. A fault due while another runs waits for it, and FAULT_SPACING_S more. Admin
+actions come every 8-20 s. At the end every paused tenant is resumed, traffic stops, every out
+and DLQ topic is read and checked (`tests.harness.scale.check`).
 
 Measures, besides `check`'s: a quiet message's latency runs from its 202 to the Kafka timestamp of
 its first out/DLQ record (`quiet_p99_ms`; `quiet_p99_during_faults_ms` over those accepted from a
@@ -98,6 +99,7 @@ REBALANCE_POLL_S = 1.0
 # the routers' restore. Quiet messages accepted within this long after a fault ended count as
 # "during faults".
 FAULT_TAIL_S = 20.0
+FAULT_SPACING_S = 15.0
 CALL_TIMEOUT_S = 15.0
 RESUME_TIMEOUT_S = 60.0
 DRAIN_TIMEOUT_S = 300.0
@@ -289,6 +291,7 @@ class Chaos:
     pins: dict[str, str] = field(default_factory=dict)
     flooding: str | None = None  # the flooder in its turn
     exits: list[dict[str, Any]] = field(default_factory=list)  # workers that ended on their own
+    failures: list[str] = field(default_factory=list)  # the bench's own loops that failed
     group_samples: dict[str, list[tuple[str, frozenset[str]]]] = field(default_factory=dict)
     _removed: set[str] = field(default_factory=set)
     _fault_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -333,11 +336,13 @@ class Chaos:
         self.say(f"warm-up: {WARMUP_S:g} s of traffic before the run's clock starts")
         await asyncio.sleep(WARMUP_S)
         self.t0 = time.time()
-        faults = asyncio.create_task(self._faults())
+        faults = asyncio.create_task(self._faults(), name="_faults")
         loops = [
-            asyncio.create_task(loop())
+            asyncio.create_task(loop(), name=loop.__name__)
             for loop in (self._floods, self._admin, self._status, self._watch_groups)
         ]
+        for task in [faults, *loops]:
+            task.add_done_callback(self._note_failure)
         try:
             await asyncio.sleep(self.args.duration_s)
             self._over.set()
@@ -349,10 +354,21 @@ class Chaos:
             await asyncio.gather(faults, *loops, return_exceptions=True)
         await self._resume_all()
 
+    def _note_failure(self, task: asyncio.Task[None]) -> None:
+        """A loop that ended by an error: said at once and listed in the results."""
+        if not task.cancelled() and task.exception() is not None:
+            error = task.exception()
+            self.failures.append(f"{task.get_name()}: {error!r}")
+            self.say(f"FAILED: {self.failures[-1]}")
+
     async def _faults(self) -> None:
         faults_rng = random.Random(self.args.seed)
+        last_end = 0.0
         for offset, kind in plan_faults(self.args.duration_s, self.args.kill_every_s):
-            delay = self.t0 + offset - time.time()
+            # A fault made late by a long one before it (a broker restart took 40-55 s here)
+            # still leaves the deployment FAULT_SPACING_S to recover: a kill 0.1 s after the
+            # broker's return measured the two at once.
+            delay = max(self.t0 + offset, last_end + FAULT_SPACING_S) - time.time()
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._over.wait(), delay)
@@ -360,6 +376,7 @@ class Chaos:
                 return
             async with self._fault_lock:
                 await self._fault(kind, faults_rng)
+            last_end = time.time()
 
     async def _fault(self, kind: FaultKind, rng: random.Random) -> None:
         scene = self.scene
@@ -427,15 +444,19 @@ class Chaos:
         """FLOOD_RATE messages a second straight into ingress until `until`. Over HTTP, ingest
         writes a body's messages one after the other (acks=all each): one stop-and-wait sender
         got ~12 msg/s on this loaded host, too few to be promoted."""
-        async with self.scene.ingress_producer() as producer:
-            while time.time() < until:
-                second = time.monotonic()
-                try:
-                    async with asyncio.timeout(CALL_TIMEOUT_S):
-                        await self.scene.produce(flooder, round(FLOOD_RATE), producer)
-                except (KafkaError, TimeoutError) as error:  # the broker away: not accepted
-                    self.say(f"flood: {flooder.tenant}: {type(error).__name__}")
-                await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - second)))
+        while time.time() < until:
+            try:
+                async with self.scene.ingress_producer() as producer:
+                    while time.time() < until:
+                        second = time.monotonic()
+                        async with asyncio.timeout(CALL_TIMEOUT_S):
+                            await self.scene.produce(flooder, round(FLOOD_RATE), producer)
+                        await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - second)))
+            except (KafkaError, TimeoutError) as error:
+                # The broker away: what was not acknowledged is not accepted. A new producer
+                # once the old one has stopped, so nothing it still held is written after.
+                self.say(f"flood: {flooder.tenant}: {type(error).__name__}, again in 1 s")
+                await asyncio.sleep(1.0)
 
     async def _admin(self) -> None:
         rng = random.Random(self.args.seed + 1)
@@ -634,6 +655,7 @@ class Chaos:
             "unaccepted_delivered": report.unaccepted,
             "refused": dict(refused),
             "workers_exited": self.exits,
+            "bench_failures": self.failures,
             "rss": [str(series) for series in self.scene.rss],
             "timeline": [
                 {
@@ -656,6 +678,10 @@ class Chaos:
                 }
                 for a in self.actions
             ],
+            # Every `at_s` counts from here (worker logs carry wall-clock times).
+            "clock_started_at": datetime.fromtimestamp(self.t0, UTC).isoformat(
+                timespec="milliseconds"
+            ),
             "tenants": {
                 "flooders": [s.tenant for s in self.flooders],
                 "churn": [s.tenant for s in self.churn],
