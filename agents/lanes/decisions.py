@@ -29,6 +29,7 @@ import orjson
 
 from agents.lanes.forwarding import Forwarder
 from agents.lanes.ingress import IngressReader
+from agents.lanes.lane_dlq import LaneDlq
 from agents.lanes.offsets import LaneOffsets
 from agents.lanes.state import RouteStates
 from streams.cutover import LanePartition
@@ -48,11 +49,13 @@ class LaneDecisions:
         reader: IngressReader,
         states: RouteStates,
         offsets: LaneOffsets,
+        lane_dlq: LaneDlq,
     ) -> None:
         self.forwarder = forwarder
         self.reader = reader
         self.states = states
         self.offsets = offsets
+        self.lane_dlq = lane_dlq
         self.app = forwarder.app
         settings = self.app.laneway
         self.policy = LanePolicy(
@@ -108,6 +111,7 @@ class LaneDecisions:
         # acknowledged it, so a cut cannot complete before it.
         async with self.forwarder.lock:
             moves = routes.complete_cuts(commits)
+            await self.lane_dlq.moved(moves, time.time())  # before any forward to a new lane
         for move in moves:  # all made: note each before publishing, which may fail
             self.states.note(move)
         for move in moves:

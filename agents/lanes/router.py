@@ -17,6 +17,7 @@ travels in a header: events keep their `ref` and idempotency key.
 - `HoldReplays` (`replay.py`): a released hold's records, re-read from Kafka, in order;
 - `LaneDecisions` (`decisions.py`): the lane policy twice a second, and the drain-first cuts;
 - `RouteStates` (`state.py`): the tenant-state documents, published each second and adopted;
+- `LaneDlq` (`lane_dlq.py`): the lane workers' DLQ records of its tenants, into their windows;
 - `LaneOffsets` (`offsets.py`): the lanes' committed and end offsets it asks Kafka for.
 """
 
@@ -33,6 +34,7 @@ from mode import Service
 from agents.lanes.decisions import LaneDecisions
 from agents.lanes.forwarding import Forwarder
 from agents.lanes.ingress import FETCH_TIMEOUT_MS, IngressReader
+from agents.lanes.lane_dlq import LaneDlq
 from agents.lanes.offsets import LaneOffsets
 from agents.lanes.recovery import Recovery
 from agents.lanes.replay import HoldReplays
@@ -66,7 +68,10 @@ class Router(Service):
         recovery = Recovery(self.forwarder, self.offsets, tenant_states)
         self.reader = IngressReader(self.forwarder, self.states, recovery, tenant_states)
         self.replays = HoldReplays(self.forwarder, self.reader, self.states)
-        self.decisions = LaneDecisions(self.forwarder, self.reader, self.states, self.offsets)
+        self.lane_dlq = LaneDlq(self.forwarder, self.offsets)
+        self.decisions = LaneDecisions(
+            self.forwarder, self.reader, self.states, self.offsets, self.lane_dlq
+        )
         self._wanted: set[int] | None = None  # ingress partitions to read, set by Faust's rebalance
         self.ready = asyncio.Event()
         app.on_partitions_assigned.connect(self._on_faust_assignment)  # type: ignore[arg-type]  # mode's receiver type is narrower than what it calls
@@ -128,4 +133,6 @@ class Router(Service):
 
     @Service.timer(1.0)
     async def _persist(self) -> None:
-        await self.states.persist(time.time())
+        now = time.time()
+        await self.lane_dlq.count(now)  # the lane workers' DLQ records, before publishing
+        await self.states.persist(now)
