@@ -67,7 +67,13 @@ class LaneDlq:
                 self.forwarder.volumes.record_dlq(tenant, now, added)
 
     async def _ends(self, tenants: Sequence[str]) -> dict[str, int]:
-        topics = self.forwarder.topics
-        by_partition = {TopicPartition(topics.dlq(tenant), 0): tenant for tenant in tenants}
-        ends = await self.offsets.end_offsets(list(by_partition))
-        return {by_partition[tp]: end for tp, end in ends.items()}
+        """tenant -> its DLQ topic's end offset; 0 while it has no DLQ topic (one may come
+        with its first reject)."""
+        names = {self.forwarder.topics.dlq(tenant): tenant for tenant in tenants}
+        present = await self.offsets.existing(list(names))
+        ends = {tenant: 0 for name, tenant in names.items() if name not in present}
+        if present:
+            partitions = {TopicPartition(name, 0): names[name] for name in present}
+            found = await self.offsets.end_offsets(list(partitions))
+            ends.update((partitions[tp], end) for tp, end in found.items())
+        return ends

@@ -94,6 +94,13 @@ class LaneOffsets:
                 continue
             return {(tp.topic, tp.partition): offset for tp, offset in ends.items()}
 
+    async def existing(self, topics: list[str]) -> set[str]:
+        """Those of `topics` that exist: one metadata request. Asking a consumer for the end
+        offset of a missing topic would wait for it (and keep asking for it afterwards)."""
+        assert self._admin is not None
+        described = await self._admin.describe_topics(topics)
+        return {topic["topic"] for topic in described if topic["error_code"] == 0}
+
     async def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         assert self._consumer is not None
         ends: dict[TopicPartition, int] = await self._consumer.end_offsets(partitions)
