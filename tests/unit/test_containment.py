@@ -48,6 +48,7 @@ from streams.records import DlqRecord
 from streams.route_records import servable_lane
 from streams.settings import Settings
 from streams.topics import TopicNames
+from tests.unit.router_fakes import offline_router
 
 TOPICS = TopicNames()
 
@@ -289,22 +290,8 @@ def test_a_lane_index_no_lane_worker_reads_falls_back_to_shared(
     assert servable_lane(lane, dedicated_lanes=4) == expected
 
 
-class _States:
-    def __init__(self, states: dict[str, dict[str, Any]]) -> None:
-        self.states = states
-
-
-class _Registry:
-    class directory:
-        @staticmethod
-        def get(tenant: str) -> None:
-            return None
-
-
 def _router(tmp_path: Path, states: dict[str, dict[str, Any]]) -> Router:
-    settings = Settings(_env_file=None, data_dir=tmp_path, web_port=6142, dedicated_lanes=2)  # type: ignore[call-arg]
-    app = create_app(settings)
-    return Router(app, _Registry(), _States(states))  # type: ignore[arg-type]
+    return offline_router(tmp_path, states, web_port=6142, dedicated_lanes=2)
 
 
 def test_a_restored_lane_above_the_pool_sends_records_to_the_shared_lane(tmp_path: Path) -> None:

@@ -7,34 +7,16 @@ from pathlib import Path
 from typing import Any
 
 from agents.lanes.router import Router
-from streams.app import create_app
 from streams.lanes import LaneMove
 from streams.placement import lane_loads
-from streams.settings import Settings
+from tests.unit.router_fakes import offline_router
 
 T0 = 1_700_000_000.0
 LANES = 2
 
 
-class _States:
-    def __init__(self, states: dict[str, dict[str, Any]]) -> None:
-        self.states = states
-
-
-class _Registry:
-    class directory:
-        @staticmethod
-        def get(tenant: str) -> None:
-            return None
-
-        @staticmethod
-        def pinned() -> set[str]:
-            return set()
-
-
 def _router(tmp_path: Path, states: dict[str, dict[str, Any]]) -> Router:
-    settings = Settings(_env_file=None, data_dir=tmp_path, web_port=6143, dedicated_lanes=LANES)  # type: ignore[call-arg]
-    return Router(create_app(settings), _Registry(), _States(states))  # type: ignore[arg-type]
+    return offline_router(tmp_path, states, web_port=6143, dedicated_lanes=LANES)
 
 
 def _apart(router: Router, *tenants: str) -> None:
