@@ -11,6 +11,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
+from aiokafka.errors import InvalidPartitionsError
 
 from streams.app import LanewayApp
 from streams.cutover import LanePartition
@@ -50,9 +51,16 @@ class LaneOffsets:
         topic, wanted = self.topics.dedicated_lanes, self.app.laneway.dedicated_lanes
         [description] = await self._admin.describe_topics([topic])
         present = len(description["partitions"])
-        if present < wanted:
+        if present >= wanted:
+            return
+        try:
             await self._admin.create_partitions({topic: NewPartitions(wanted)})
-            log.info("dedicated lanes grown from %d to %d", present, wanted)
+        except InvalidPartitionsError as error:
+            # Grown since (another worker starting too), or the metadata read lagged behind the
+            # topic's creation (seen on a fresh 3-broker cluster): it has them, start anyway.
+            log.info("dedicated lanes not grown: %s", error)
+            return
+        log.info("dedicated lanes grown from %d to %d", present, wanted)
 
     async def lane_commits(self, partitions: Iterable[LanePartition]) -> dict[LanePartition, int]:
         """(lane topic, partition) -> the committed offset (the next record its worker reads)
