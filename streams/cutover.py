@@ -39,7 +39,7 @@ commit's metadata); the second holds the ingress offsets a restored router found
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 from streams.lanes import LaneAssignments, LaneMove
@@ -278,6 +278,13 @@ class TenantRoutes:
         route = self._route(move.tenant)
         route.cut = move
         self._waiting[move.tenant] = route
+
+    def retarget(self, tenant: str, to_lane: int) -> None:
+        """Send the tenant's cut in progress to another dedicated lane instead: nothing went to
+        the lane it was heading to (its records wait until the cut completes)."""
+        route = self._routes.get(tenant)
+        if route is not None and route.cut is not None:
+            route.cut = replace(route.cut, to_lane=to_lane)
 
     def restore_cut(self, move: LaneMove, may_be_in: Iterable[LanePartition] = ()) -> None:
         """Resume a persisted cut, unless the tenant is no longer in the lane it leaves."""

@@ -14,8 +14,10 @@
 - Leaving a dedicated lane, for whatever reason, waits until that lane is drained of the tenant:
   per-tenant order across moves (architecture invariant 2).
 - Dedicated lanes are picked by two stable hash choices of the tenant id, the less loaded of the
-  two wins (shuffle sharding with the power of two choices), so two noisy tenants rarely share
-  a lane and never do while a lane they could use is free.
+  two wins (shuffle sharding with the power of two choices); if both are taken while another
+  lane is free, a free lane (`place_lane`). The loads are the deployment's, every router's
+  tenants (`streams.placement`), and a tenant that ends up sharing a lane anyway (two routers
+  deciding at once) moves to a free lane ("spread", `streams.placement.spread`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 Pin = Literal["auto", "shared", "dedicated"]
-MoveReason = Literal["rate_above_contract", "calm_and_drained", "pinned", "unpinned"]
+MoveReason = Literal["rate_above_contract", "calm_and_drained", "pinned", "unpinned", "spread"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,17 @@ def choose_lane(tenant: str, lane_loads: Sequence[int]) -> int:
     return second if lane_loads[second] < lane_loads[first] else first
 
 
+def place_lane(tenant: str, lane_loads: Sequence[int]) -> int:
+    """`choose_lane`, unless both of its choices are taken while a lane is free: then one of
+    the free lanes, by the tenant's hash (two tenants placed at once rarely pick the same)."""
+    chosen = choose_lane(tenant, lane_loads)
+    free = [lane for lane, load in enumerate(lane_loads) if load == 0]
+    if lane_loads[chosen] == 0 or not free:
+        return chosen
+    digest = hashlib.blake2b(tenant.encode(), digest_size=8).digest()
+    return free[int.from_bytes(digest, "big") % len(free)]
+
+
 def drain_share(budget_per_s: float, held_lanes: int, dedicated_lanes: int) -> float:
     """A lane worker's part of the deployment's drain budget (records/s): in proportion to the
     dedicated lanes it holds. Lane workers together never drain faster than the budget, and one
@@ -120,7 +133,7 @@ def decide(
         if hot is None:
             return None
         return LaneMove(
-            assignment.tenant, None, choose_lane(assignment.tenant, lane_loads), hot, now
+            assignment.tenant, None, place_lane(assignment.tenant, lane_loads), hot, now
         )
     if assignment.pin_held:
         if hot is None:
@@ -151,7 +164,7 @@ def _pinned_target(assignment: LaneAssignment, lane_loads: Sequence[int]) -> int
         return assignment.pinned_lane % len(lane_loads)  # a pin beyond the pool wraps around
     if assignment.lane is not None:
         return assignment.lane  # already dedicated: any lane satisfies the pin
-    return choose_lane(assignment.tenant, lane_loads)
+    return place_lane(assignment.tenant, lane_loads)
 
 
 def _leave_or_enter(
@@ -209,7 +222,10 @@ class LaneAssignments:
         assignment.lane = move.to_lane
         assignment.moved_at = move.at
         assignment.calm_since = None
-        assignment.pin_held = move.reason == "pinned"
+        # A spread keeps the reason the tenant was in a dedicated lane.
+        assignment.pin_held = move.reason == "pinned" or (
+            move.reason == "spread" and assignment.pin_held
+        )
         self._keep(assignment)
 
     def restore(self, tenant: str, lane: int | None, moved_at: float | None) -> None:

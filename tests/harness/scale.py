@@ -470,9 +470,12 @@ class Scene:
             raise HarnessError("no live shared worker")
         return self._apis[self.live[0].name]
 
-    async def onboard(self, prefix: str, tag: str, **fields: object) -> TenantSender:
-        """A new tenant, known to every live shared worker once this returns."""
-        tenant_id = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    async def onboard(
+        self, prefix: str, tag: str, tenant_id: str | None = None, **fields: object
+    ) -> TenantSender:
+        """A new tenant (`tenant_id`, else `prefix` and a random suffix), known to every live
+        shared worker once this returns."""
+        tenant_id = tenant_id or f"{prefix}-{uuid.uuid4().hex[:6]}"
         answer = await self.api.onboard(tenant_id, **fields)
         for worker in list(self.live):
             await self._until_known(self._apis[worker.name], tenant_id)

@@ -24,7 +24,7 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 
-from agents.lanes.router import Router, servable_lane
+from agents.lanes.router import Router
 from agents.state import publisher as publisher_module
 from agents.state.publisher import BatchPublisher, refused_as_final
 from streams import processing
@@ -45,8 +45,10 @@ from streams.processing import (
     process_records,
 )
 from streams.records import DlqRecord
+from streams.route_records import servable_lane
 from streams.settings import Settings
 from streams.topics import TopicNames
+from tests.unit.router_fakes import offline_router
 
 TOPICS = TopicNames()
 
@@ -288,32 +290,18 @@ def test_a_lane_index_no_lane_worker_reads_falls_back_to_shared(
     assert servable_lane(lane, dedicated_lanes=4) == expected
 
 
-class _States:
-    def __init__(self, states: dict[str, dict[str, Any]]) -> None:
-        self.states = states
-
-
-class _Registry:
-    class directory:
-        @staticmethod
-        def get(tenant: str) -> None:
-            return None
-
-
 def _router(tmp_path: Path, states: dict[str, dict[str, Any]]) -> Router:
-    settings = Settings(_env_file=None, data_dir=tmp_path, web_port=6142, dedicated_lanes=2)  # type: ignore[call-arg]
-    app = create_app(settings)
-    return Router(app, _Registry(), _States(states))  # type: ignore[arg-type]
+    return offline_router(tmp_path, states, web_port=6142, dedicated_lanes=2)
 
 
 def test_a_restored_lane_above_the_pool_sends_records_to_the_shared_lane(tmp_path: Path) -> None:
     router = _router(tmp_path, {"acme": {"lane": 3}, "beta": {"lane": 1}})
     partitions = set(range(router.app.laneway.ingress_partitions))
 
-    router._restore(partitions)
+    router.states.restore(partitions, now=1_700_000_000.0)
 
-    acme = router.route(record(b"acme", 0, b"MSH|"), now=1_700_000_000.0)
-    beta = router.route(record(b"beta", 1, b"MSH|"), now=1_700_000_000.0)
+    acme = router.forwarder.route(record(b"acme", 0, b"MSH|"), now=1_700_000_000.0)
+    beta = router.forwarder.route(record(b"beta", 1, b"MSH|"), now=1_700_000_000.0)
     assert acme is not None and acme.topic == TOPICS.shared_lane
     assert beta is not None and (beta.topic, beta.partition) == (TOPICS.dedicated_lanes, 1)
 
@@ -327,9 +315,9 @@ def test_a_record_the_router_cannot_route_goes_to_the_unrouted_dlq(
         def record(self, tenant: str, sent_at: float, size: int) -> None:
             raise KeyError("volume bug")
 
-    monkeypatch.setattr(router, "volumes", BrokenVolumes())
+    monkeypatch.setattr(router.forwarder, "volumes", BrokenVolumes())
 
-    parked = router._route_contained(record(b"acme", 5, b"MSH|x"), now=1_700_000_000.0)
+    parked = router.forwarder.route_contained(record(b"acme", 5, b"MSH|x"), now=1_700_000_000.0)
 
     assert parked is not None and parked.topic == TOPICS.dlq_unrouted
     assert dlq(parked).reason == INTERNAL_ERROR
@@ -341,16 +329,16 @@ async def test_a_parked_record_is_nothing_for_a_lane_to_drain(
 ) -> None:
     """Else a tenant with a parked record would wait forever for a DLQ to 'drain' on a move."""
     router = _router(tmp_path, {})
-    forward = router.route(record(b"acme", 0, b"MSH|"), now=1_700_000_000.0)
+    forward = router.forwarder.route(record(b"acme", 0, b"MSH|"), now=1_700_000_000.0)
     error = Hl7Error(INTERNAL_ERROR, "KeyError while routing")
     parked = park(Origin(record(b"acme", 1, b"MSH|")), TOPICS, error, unrouted=True)
 
     async def publish(outputs: list[OutgoingRecord]) -> dict[tuple[str, int], int]:
         return {(output.topic, output.partition): 5 for output in outputs}
 
-    monkeypatch.setattr(router.publisher, "publish", publish)
+    monkeypatch.setattr(router.forwarder.publisher, "publish", publish)
     assert forward is not None
 
-    await router._forward([forward, parked])
+    await router.forwarder.forward([forward, parked])
 
-    assert router.routes.last_forwarded("acme") == (TOPICS.shared_lane, 2, 5)
+    assert router.forwarder.routes.last_forwarded("acme") == (TOPICS.shared_lane, 2, 5)

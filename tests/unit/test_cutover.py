@@ -422,3 +422,20 @@ def test_any_interleaving_keeps_each_tenants_order_and_loses_nothing(
     forwarded = sorted({offset for offsets in sent.values() for offset in offsets})
     assert forwarded == list(range(len(log)))
     assert routes.commit_offsets().get(0, committed) == len(log)
+
+
+def test_a_cut_in_progress_can_be_sent_to_another_lane() -> None:
+    """A spread (streams.placement) re-targets a promotion still waiting for its old lane."""
+    routes = TenantRoutes(LaneAssignments(4))
+    routes.forwarded("a", LanePosition(SHARED, 0, 41))
+    routes.start_cut(LaneMove("a", None, 1, "rate_above_contract", T0))
+
+    routes.retarget("a", 3)
+
+    assert routes.complete_cuts({(SHARED, 0): 41}) == []  # still waits for the same drain
+    assert routes.complete_cuts({(SHARED, 0): 42}) == [
+        LaneMove("a", None, 3, "rate_above_contract", T0)
+    ]
+    assert routes.lanes.lane_of("a") == 3
+    routes.retarget("a", 0)  # no cut in progress: nothing to re-target
+    assert routes.lanes.lane_of("a") == 3

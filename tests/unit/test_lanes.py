@@ -495,3 +495,15 @@ def test_a_lane_worker_drains_its_share_of_the_budget_by_lanes_held(
 def test_lane_workers_together_never_exceed_the_budget() -> None:
     for split in ([4], [2, 2], [1, 3], [1, 1, 1, 1], [1, 1, 2]):
         assert sum(drain_share(1000.0, held, 4) for held in split) == pytest.approx(1000.0)
+
+
+def test_a_spread_keeps_the_reason_a_tenant_is_in_a_dedicated_lane() -> None:
+    assignments = LaneAssignments(4)
+    assignments.apply(LaneMove("p", None, 1, "pinned", T0))
+    assignments.apply(LaneMove("p", 1, 2, "spread", T0 + 1))
+    assignments.apply(LaneMove("h", None, 1, "rate_above_contract", T0))
+    assignments.apply(LaneMove("h", 1, 3, "spread", T0 + 1))
+
+    assert assignments.assignment("p").pin_held
+    assert not assignments.assignment("h").pin_held
+    assert (assignments.lane_of("p"), assignments.lane_of("h")) == (2, 3)
