@@ -72,8 +72,9 @@ bench-throughput: kafka-up ## End-to-end pipeline vs raw aiokafka pass-through
 bench-mllp: kafka-up ## MLLP ACK latency at 1,000 msg/s over 10 connections (acks=all)
 	@$(PY) -m bench.mllp
 
-bench-isolation: kafka-up ## 19 quiet tenants vs 1 noisy (50x burst), lanes vs naive, same run
-	@$(PY) -m bench.isolation
+SHARED_WORKERS ?= 1
+bench-isolation: kafka-up ## 19 quiet tenants vs 1 noisy (50x burst), lanes vs naive, same run (SHARED_WORKERS=2: two shared workers each)
+	@$(PY) -m bench.isolation --shared-workers $(SHARED_WORKERS)
 
 bench-dashboard: kafka-up $(CHROMIUM) ## Dashboard first render with 1,000 tenants in headless Chromium
 	@$(PY) -m bench.dashboard
