@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv lock browser kafka-up kafka-down run worker test test-unit lint format bench bench-throughput bench-mllp bench-isolation bench-dashboard bench-codec bench-outage bench-faults bench-tenants schema clean
+.PHONY: help venv lock browser kafka-up kafka-down run run-cluster worker test test-unit lint format bench bench-throughput bench-mllp bench-isolation bench-dashboard bench-codec bench-outage bench-faults bench-tenants schema clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ kafka-down: ## Stop the local broker, or with KAFKA_NODES=3 the cluster (data is
 
 run: kafka-up ## Set up everything, start the shared and lane workers, feed demo traffic from 3 tenants
 	@bash scripts/run.sh
+
+run-cluster: kafka-up ## As run, with 3 shared workers and 2 lane workers, each its own ports and data dir
+	@bash scripts/run.sh --shared 3 --lanes 2
 
 worker: kafka-up ## Run one worker in the foreground
 	@$(VENV)/bin/faust -A agents.worker worker -l info
