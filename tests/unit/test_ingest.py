@@ -68,7 +68,7 @@ def make_ingest(*tenants: TenantRecord, ceiling_factor: float = 2.0) -> tuple[In
     settings = Settings(max_message_bytes=LIMIT, ingest_ceiling_factor=ceiling_factor)
     registry = SimpleNamespace(directory=directory, app=SimpleNamespace(laneway=settings))
     writer = FakeWriter()
-    ingest = Ingest(cast(TenantRegistry, registry), cast(IngressWriter, writer))
+    ingest = Ingest(cast(TenantRegistry, registry), cast(IngressWriter, writer), {})
     return ingest, writer
 
 
