@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv lock browser kafka-up kafka-down run worker test test-unit lint format bench bench-throughput bench-mllp bench-isolation bench-dashboard bench-codec bench-outage bench-faults bench-tenants bench-chaos schema clean
+.PHONY: help venv lock browser kafka-up kafka-down run run-cluster worker test test-unit lint format bench bench-throughput bench-mllp bench-isolation bench-dashboard bench-codec bench-outage bench-faults bench-tenants bench-chaos schema clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ kafka-down: ## Stop the local broker, or with KAFKA_NODES=3 the cluster (data is
 
 run: kafka-up ## Set up everything, start the shared and lane workers, feed demo traffic from 3 tenants
 	@bash scripts/run.sh
+
+run-cluster: kafka-up ## As run, with 3 shared workers and 2 lane workers, each its own ports and data dir
+	@bash scripts/run.sh --shared 3 --lanes 2
 
 worker: kafka-up ## Run one worker in the foreground
 	@$(VENV)/bin/faust -A agents.worker worker -l info
@@ -72,8 +75,9 @@ bench-throughput: kafka-up ## End-to-end pipeline vs raw aiokafka pass-through
 bench-mllp: kafka-up ## MLLP ACK latency at 1,000 msg/s over 10 connections (acks=all)
 	@$(PY) -m bench.mllp
 
-bench-isolation: kafka-up ## 19 quiet tenants vs 1 noisy (50x burst), lanes vs naive, same run
-	@$(PY) -m bench.isolation
+SHARED_WORKERS ?= 1
+bench-isolation: kafka-up ## 19 quiet tenants vs 1 noisy (50x burst), lanes vs naive, same run (SHARED_WORKERS=2: two shared workers each)
+	@$(PY) -m bench.isolation --shared-workers $(SHARED_WORKERS)
 
 bench-dashboard: kafka-up $(CHROMIUM) ## Dashboard first render with 1,000 tenants in headless Chromium
 	@$(PY) -m bench.dashboard

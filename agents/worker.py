@@ -41,7 +41,7 @@ def build_worker(settings: Settings | None = None, **faust_overrides: Any) -> La
         app.add_service(service)
     admin_token = settings.admin_token.get_secret_value() if settings.admin_token else None
     guard = Guard(registry, admin_token)
-    ingest = Ingest(registry, writer)
+    ingest = Ingest(registry, writer, state.states)
     # Registered after the services above, so it opens once they have started.
     mllp = MllpListener(app, registry, ingest)
     app.add_service(mllp)

@@ -18,12 +18,15 @@ LANEWAY_LANE_NICE, so that the OS favours the shared lane when both want the CPU
    only the burst exceeds the promotion threshold (LANEWAY_PROMOTE_FACTOR x contract).
    - lanes: Laneway as designed, with LANEWAY_HOLD_DOWN_S lowered to --hold-down-seconds.
    - naive: LANEWAY_LANES_ENABLED=false, one shared lane (the lane worker runs and gets nothing).
+   With --shared-workers N, each system runs N shared workers (one consumer group, each with its
+   own ports), which split the ingress partitions between their routers; calibration and the
+   idle-tenant memory still use one.
 
 Latency = out record CreateTime - ingress CreateTime (= intended send time); every output is
 joined to its offered message by its idempotency key (tenant:MSH-10:ingress position).
 
     python -m bench.isolation [--steady-seconds 20] [--burst-seconds 60] [--hold-down-seconds 20]
-                              [--lane-drain-rate 1000] [--lane-nice 10]
+                              [--lane-drain-rate 1000] [--lane-nice 10] [--shared-workers 1]
 
 Writes bench/results/isolation.json and bench/results/isolation.png.
 """
@@ -76,7 +79,14 @@ from streams.processing import HEADER_IDEMPOTENCY_KEY
 from streams.settings import Settings
 from streams.tenants import SenderIdentity, TenantSpec
 from streams.topics import TopicNames
-from tests.harness import HarnessError, WorkerProcess, default_bootstrap, worker_env
+from tests.harness import (
+    HarnessError,
+    WorkerProcess,
+    default_bootstrap,
+    fresh_ports,
+    group_settles,
+    worker_env,
+)
 
 QUIET_TENANTS = [f"quiet-{index:02d}" for index in range(1, 20)]
 NOISY_TENANT = "noisy"
@@ -101,6 +111,7 @@ CORPUS_SEED = 20240808
 CORPUS_TEMPLATES = 64
 CONTROL_ID_MARKER = b"LWBENCHCONTROLID"
 READY_TIMEOUT_S = 120.0
+SETTLE_TIMEOUT_S = 60.0  # the shared workers' group, stable with all of them
 HTTP_TIMEOUT_S = 60.0
 DRAIN_TIMEOUT_S = 180.0
 RSS_SETTLE_S = 5.0
@@ -300,6 +311,16 @@ class Run:
     def shared_worker(self, name: str, env: dict[str, str]) -> WorkerProcess:
         return WorkerProcess(env, self.dir / f"{name}-shared.log", name=f"{name} shared worker")
 
+    def shared_workers(self, name: str, env: dict[str, str], count: int) -> list[WorkerProcess]:
+        """`count` shared workers of one system (one consumer group): the first on `env`'s
+        ports, each other on ports of its own (its state folder is named after its web port)."""
+        if count == 1:
+            return [self.shared_worker(name, env)]
+        return [
+            self.shared_worker(f"{name}-{n}", env if n == 1 else {**env, **fresh_ports()})
+            for n in range(1, count + 1)
+        ]
+
     def lane_worker(self, name: str, env: dict[str, str], nice: int) -> WorkerProcess:
         return WorkerProcess.lane(
             {**env, "LANEWAY_LANE_NICE": str(nice)},
@@ -445,6 +466,10 @@ async def calibrate(kafka: Kafka, run: Run, corpus: Corpus, messages: int) -> di
     table = topic_table(env["LANEWAY_TOPIC_PREFIX"])
     topics = table.names
     await declare_topics(kafka.admin, table, [topics.ingress])
+    # Onboarded first: records of tenants nobody onboarded are parked unprocessed, which would
+    # leave every output topic empty and C unmeasured.
+    specs = (TenantSpec(id=tenant, name=f"Calibration {tenant}") for tenant in TENANTS)
+    await write_tenant_configs(kafka.admin, kafka.producer, table, specs)
     log(f"calibration: preloading {messages:,} messages of {len(TENANTS)} tenants")
     for seq in range(messages):
         tenant = TENANTS[seq % len(TENANTS)]
@@ -591,7 +616,8 @@ async def run_system(
     # The lane worker declares its lanes itself, but subscribes before the new topics reach its
     # metadata: it is then assigned nothing until the next refresh, 5 minutes later.
     await declare_topics(kafka.admin, table, lanes)
-    processes = [run.shared_worker(label, env), run.lane_worker(label, env, args.lane_nice)]
+    shared = run.shared_workers(label, env, args.shared_workers)
+    processes = [*shared, run.lane_worker(label, env, args.lane_nice)]
     outputs = [
         TopicPartition(topic, 0) for t in TENANTS for topic in (topics.out(t), topics.dlq(t))
     ]
@@ -602,6 +628,10 @@ async def run_system(
     await producer.start()
     try:
         async with running(processes), aiohttp.ClientSession() as session:
+            # The load starts only once every shared worker holds its share of the partitions.
+            group = env["LANEWAY_APP_ID"]
+            if not await group_settles(run.bootstrap, group, len(shared), SETTLE_TIMEOUT_S):
+                raise BenchError(f"{label}: group {group} did not settle with {len(shared)}")
             port = int(env["LANEWAY_WEB_PORT"])
             await wait_for_status(session, port, "/api/tenants", run.admin_token, 200)
             for tenant in TENANTS:
@@ -991,6 +1021,7 @@ def report(
             for label, (_, summary) in results.items()
         },
         "acceptance": acceptance,
+        "shared_workers": args.shared_workers,
         "capacity_msgs_per_s": round(plan.capacity, 1),
         "calibration": {**calibration, "msgs_per_s": round(calibration["msgs_per_s"], 1)},
         "rates_msgs_per_s": {
@@ -1019,6 +1050,7 @@ def report(
             "LANEWAY_INGRESS_PARTITIONS": settings.ingress_partitions,
             "lane_worker_nice": args.lane_nice,
             "LANEWAY_LANE_DRAIN_RATE": args.lane_drain_rate,
+            "shared_workers": args.shared_workers,
         },
         "idle_memory": memory,
         "systems": systems,
@@ -1042,6 +1074,9 @@ def report(
             "autogroup). The naive system has LANEWAY_LANES_ENABLED=false.",
             "bytes_per_idle_tenant = (VmRSS with N tenant configs - VmRSS with none) / N, two "
             "fresh shared workers, tenant records written straight to the tenants topic.",
+            f"Each system ran {args.shared_workers} shared worker(s) in one consumer group "
+            "(their routers split the ingress partitions) and one lane worker; capacity C is "
+            "one shared worker's, so the offered load is the same whatever their number.",
         ],
         "kafka_version": kafka_version(args.bootstrap),
         "cpu_count": os.cpu_count(),
@@ -1108,19 +1143,28 @@ def parse_args() -> argparse.Namespace:
         default=Settings().lane_drain_rate,
         help="LANEWAY_LANE_DRAIN_RATE of the lane worker (0 = no bound)",
     )
+    parser.add_argument(
+        "--shared-workers",
+        type=int,
+        default=1,
+        help="shared workers of each system (one consumer group, each its own ports)",
+    )
     parser.add_argument("--bootstrap", default=default_bootstrap())
     args = parser.parse_args()
     if args.steady_seconds <= 0 or args.burst_seconds <= ONSET_S or args.hold_down_seconds < 0:
         parser.error(f"steady must be positive, burst longer than {ONSET_S:.0f} s")
     if args.calibration_messages < len(TENANTS) or args.idle_tenants < 1:
         parser.error("--calibration-messages and --idle-tenants are too small")
+    if args.shared_workers < 1:
+        parser.error("--shared-workers must be at least 1")
     return args
 
 
 def _summary(results: dict[str, Any]) -> str:
     passed = sum(results["acceptance"].values())
     return (
-        f"isolation: C {results['capacity_msgs_per_s']:,.0f} msg/s; quiet p99 steady "
+        f"isolation ({results['shared_workers']} shared): C "
+        f"{results['capacity_msgs_per_s']:,.0f} msg/s; quiet p99 steady "
         f"{results['quiet_p99_steady_ms']} / burst {results['quiet_p99_burst_ms']} ms (naive "
         f"{results['naive_quiet_p99_burst_ms']} ms); promotion {results['promotion_s']} s, "
         f"recovery {results['recovery_s']} s, {results['lane_moves']} lane moves, "

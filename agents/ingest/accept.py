@@ -5,7 +5,8 @@ then may a sender get AA/CA (or HTTP 202). Header problems and a message over
 `max_message_bytes` are errors (AE), an unknown or paused sender or a broker failure is a reject
 (AR). A tenant that requires a client certificate hears AE over an MLLP connection that did not
 present it (not AR: resending over the same connection can never succeed). Rate ceilings run on
-monotonic time. Message bodies are never logged. What a sender gets in each case:
+monotonic time and hold per deployment, whatever the number of accepting workers
+(streams/ceiling.py). Message bodies are never logged. What a sender gets in each case:
 docs/ingest.md.
 """
 
@@ -18,13 +19,15 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from agents.ingest.writer import IngestUnavailable, IngressWriter
 from agents.state.registry import TenantRegistry
-from streams.gcra import Gcra, RateTable
+from streams.ceiling import SharedCeilings
+from streams.gcra import Gcra
 from streams.hl7 import Hl7Error, split_batch
 from streams.hl7.ack import (
     AN_EARLIER_MESSAGE_WAS_REFUSED,
@@ -114,15 +117,22 @@ class Ingest:
       (`an_earlier_message_was_refused`), so that a resend from there keeps the sender's order.
     """
 
-    def __init__(self, registry: TenantRegistry, writer: IngressWriter) -> None:
+    def __init__(
+        self,
+        registry: TenantRegistry,
+        writer: IngressWriter,
+        tenant_states: Mapping[str, Mapping[str, Any]],
+    ) -> None:
+        """`tenant_states`: tenant id -> its state document, as the tenant-state mirror keeps
+        them (the deployment's rate of each tenant, for the shared ceiling)."""
         self.registry = registry
         self.writer = writer
+        self._tenant_states = tenant_states
         settings = registry.app.laneway
-        self._ceiling_factor = settings.ingest_ceiling_factor
-        # The hard ceiling: a GCRA at `ingest_ceiling_factor` x each tenant's contract.
-        self._ceilings = RateTable(
-            settings.default_rate_per_s * self._ceiling_factor,
-            max(1, round(settings.default_burst * self._ceiling_factor)),
+        # The hard ceiling, `ingest_ceiling_factor` x each tenant's contract per deployment:
+        # this worker's GCRA at its share of it.
+        self._ceilings = SharedCeilings(
+            settings.ingest_ceiling_factor, settings.default_rate_per_s, settings.default_burst
         )
         self.max_message_bytes = settings.max_message_bytes
         self._too_large = message_too_large(settings.max_message_bytes)
@@ -232,12 +242,11 @@ class Ingest:
         return results
 
     def _ceiling(self, tenant: TenantRecord) -> Gcra:
-        limiter = self._ceilings.limiter(tenant.id)
-        rate = tenant.rate_per_s * self._ceiling_factor
-        if limiter.rate_per_s != rate:  # the contract changed (or is new): follow it
-            burst = max(1, round(tenant.burst * self._ceiling_factor))
-            self._ceilings.set_contract(tenant.id, rate, burst)
-        return limiter
+        """The tenant's limiter at this worker's share of its ceiling, as of now."""
+        state = self._tenant_states.get(tenant.id)
+        return self._ceilings.limiter(
+            tenant.id, tenant.rate_per_s, tenant.burst, state, time.monotonic()
+        )
 
     async def _write(
         self, header: MessageHeader, tenant_id: str, raw: bytes, ceiling: Gcra | None
@@ -258,6 +267,7 @@ class Ingest:
         except IngestUnavailable as error:
             log.warning("ingress write for tenant %s failed: %s", tenant_id, error)
             return _refused(header, tenant_id, BROKER_FAILURE, "broker_unavailable")
+        self._ceilings.count(tenant_id, time.monotonic())  # what this worker's share is made of
         return IngestResult(header, tenant_id, partition=partition, offset=offset)
 
     def acks(self, result: IngestResult, now: datetime) -> list[Acknowledgment]:

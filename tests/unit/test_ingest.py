@@ -61,14 +61,19 @@ def tenant(
     return TenantRecord.create(spec, hashlib.sha256(tenant_id.encode()).hexdigest(), CREATED)
 
 
-def make_ingest(*tenants: TenantRecord, ceiling_factor: float = 2.0) -> tuple[Ingest, FakeWriter]:
+def make_ingest(
+    *tenants: TenantRecord,
+    ceiling_factor: float = 2.0,
+    states: dict[str, dict[str, object]] | None = None,
+) -> tuple[Ingest, FakeWriter]:
+    """`states`: the tenant state documents the mirror would hold (none by default)."""
     directory = TenantDirectory()
     for record in tenants:
         directory.apply(record.id, record)
     settings = Settings(max_message_bytes=LIMIT, ingest_ceiling_factor=ceiling_factor)
     registry = SimpleNamespace(directory=directory, app=SimpleNamespace(laneway=settings))
     writer = FakeWriter()
-    ingest = Ingest(cast(TenantRegistry, registry), cast(IngressWriter, writer))
+    ingest = Ingest(cast(TenantRegistry, registry), cast(IngressWriter, writer), states or {})
     return ingest, writer
 
 
@@ -207,6 +212,28 @@ async def test_the_http_ceiling_refuses_the_rest_of_a_body_once_reached() -> Non
     ]
     assert results[2].retry_after_s is not None and results[2].retry_after_s > 0
     assert len(writer.written) == 2
+
+
+@pytest.mark.parametrize(
+    ("deployment_rate", "accepted"),
+    [(None, 6), (0.0, 6), (10_000.0, 2)],  # no state, a quiet deployment, others flooding
+)
+async def test_the_ceiling_is_this_workers_share_of_the_deployments(
+    deployment_rate: float | None, accepted: int
+) -> None:
+    # Contract 1/s, burst 2; ceiling 20/s, burst 40. While other workers send the tenant far
+    # above its ceiling (the router's published rate), this one admits the contract: a burst of 2.
+    states: dict[str, dict[str, object]] = {}
+    if deployment_rate is not None:
+        states["alpha"] = {"rates": {"rate_10s": deployment_rate}, "updated_at": 1.0}
+    ingest, writer = make_ingest(
+        tenant("alpha", "A", rate=1, burst=2), ceiling_factor=20, states=states
+    )
+
+    results = await ingest.from_http("alpha", b"".join(msh("A", "FAC", f"M{n}") for n in range(6)))
+
+    assert sum(result.accepted for result in results) == accepted
+    assert len(writer.written) == accepted
 
 
 async def test_an_http_body_that_cannot_be_split_raises() -> None:
