@@ -112,9 +112,22 @@ async def arrived_once(
     assert Counter(json.loads(r.value)["control_id"] for r in records) == wanted
 
 
+COUNTS = ("replayed", "skipped", "already_replayed")
+
+
 async def replay(api: Api, tenant_id: str, query: str = "") -> tuple[int, Any]:
     path = f"/api/tenants/{tenant_id}/dlq/replay{query}"
     return await api.call("POST", path, token=api.admin_token)
+
+
+async def test_a_tenant_that_never_had_a_reject_has_nothing_to_replay(
+    api: Api, tenant: dict[str, Any], admin: AIOKafkaAdminClient, topics: TopicNames
+) -> None:
+    status, answer = await replay(api, tenant["id"])
+
+    assert (status, answer) == (200, {**dict.fromkeys(COUNTS, 0), "from_offset": 0, "to_offset": 0})
+    # The DLQ topic comes with the first reject, not with a replay.
+    assert topics.dlq(tenant["id"]) not in await admin.list_topics()
 
 
 async def test_two_concurrent_replays_one_is_refused_each_original_written_once(
