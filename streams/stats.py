@@ -8,12 +8,13 @@ the offsets. Nothing here reads message content (invariant 5).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
-from streams.tenants import TenantRecord
+from streams.tenants import TenantSummary
 from streams.topics import TopicNames
 from streams.volume import TenantVolume
 
@@ -73,10 +74,10 @@ class TenantStats:
     received: int
     events: int | None
     dlq: int | None
-    rates: dict[str, float]
+    rates: Mapping[str, float]
     lane: int | None  # None: the shared lane
     moved_at: float | None
-    moves: list[dict[str, Any]]
+    moves: Sequence[dict[str, Any]]
     backlog: int | None
     last_message_at: float | None
     updated_at: float | None
@@ -104,7 +105,7 @@ class TenantStats:
             "lane_index": self.lane,
             "pinned": self.pinned,
             "moved_at": iso_time(self.moved_at),
-            "moves": self.moves,
+            "moves": list(self.moves),
             "backlog": {
                 "messages": self.backlog,
                 "scope": "shared_lane" if self.lane is None else "dedicated_lane",
@@ -116,7 +117,11 @@ class TenantStats:
         }
 
 
-def current_rates(document: Mapping[str, Any] | None, now: float) -> dict[str, float]:
+# The rates of a tenant that never sent: one mapping shared by all such rows (never changed).
+_NO_RATES: Mapping[str, float] = MappingProxyType(dict.fromkeys(RATE_KEYS + BYTES_KEYS, 0.0))
+
+
+def current_rates(document: Mapping[str, Any] | None, now: float) -> Mapping[str, float]:
     """The document's windows as of `now`.
 
     The router republishes a tenant every second while it sends, so a document older than
@@ -125,7 +130,7 @@ def current_rates(document: Mapping[str, Any] | None, now: float) -> dict[str, f
     to zero over their width (exact for traffic that was steady until it stopped).
     """
     if not document:
-        return dict.fromkeys(RATE_KEYS + BYTES_KEYS, 0.0)
+        return _NO_RATES
     published = document["rates"]
     age = now - document.get("updated_at", now)
     if age <= FRESH_S:
@@ -143,7 +148,7 @@ def current_rates(document: Mapping[str, Any] | None, now: float) -> dict[str, f
 
 
 def tenant_stats(
-    record: TenantRecord,
+    record: TenantSummary,
     document: Mapping[str, Any] | None,
     offsets: Offsets,
     dlq_grew_at: float | None,
@@ -157,9 +162,7 @@ def tenant_stats(
     last_message_at = published.get("last_message_at")
     read = offsets.read_at > 0
     flags = []
-    if rates["rate_10s"] > record.rate_per_s or (
-        lane is not None and record.lane.pinned != "dedicated"
-    ):
+    if rates["rate_10s"] > record.rate_per_s or (lane is not None and record.pinned != "dedicated"):
         flags.append("noisy")
     if record.paused:
         flags.append("paused")
@@ -172,14 +175,14 @@ def tenant_stats(
         name=record.name,
         paused=record.paused,
         rate_per_s=record.rate_per_s,
-        pinned=record.lane.pinned,
+        pinned=record.pinned,
         received=int(published.get("received", 0)),
         events=offsets.ends.get(names.out(record.id), 0) if read else None,
         dlq=offsets.ends.get(names.dlq(record.id), 0) if read else None,
         rates=rates,
         lane=lane,
         moved_at=document.get("moved_at") if document else None,
-        moves=list(document.get("moves", [])) if document else [],
+        moves=document.get("moves", ()) if document else (),
         backlog=offsets.shared_backlog if lane is None else offsets.lane_backlog.get(lane),
         last_message_at=last_message_at,
         updated_at=document.get("updated_at") if document else None,

@@ -26,7 +26,7 @@ from streams.stats import (
     tenant_stats,
     totals,
 )
-from streams.tenants import LaneSettings, TenantRecord, TenantSpec
+from streams.tenants import LaneSettings, TenantRecord, TenantSpec, TenantSummary
 from streams.topics import TopicNames
 from streams.volume import TenantVolume
 
@@ -81,7 +81,8 @@ def stats(
     dlq_grew_at: float | None = None,
     history: list[float] | None = None,
 ) -> TenantStats:
-    return tenant_stats(tenant or record(), doc, offsets, dlq_grew_at, history or [], NAMES, NOW)
+    summary = TenantSummary.of(tenant or record())
+    return tenant_stats(summary, doc, offsets, dlq_grew_at, history or [], NAMES, NOW)
 
 
 def row(tenant: str, **values: Any) -> TenantStats:
