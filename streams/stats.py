@@ -100,19 +100,23 @@ class TenantStats:
             "processed": self.processed,
             "events": self.events,
             "dlq": self.dlq,
-            "rates": {key: round(value, 3) for key, value in self.rates.items()},
+            "rates": (
+                dict(_NO_RATES)  # most rows: a tenant that never sent; nothing to round
+                if self.rates is _NO_RATES
+                else {key: round(value, 3) for key, value in self.rates.items()}
+            ),
             "lane": "shared" if self.lane is None else "dedicated",
             "lane_index": self.lane,
             "pinned": self.pinned,
             "moved_at": iso_time(self.moved_at),
-            "moves": list(self.moves),
+            "moves": self.moves,
             "backlog": {
                 "messages": self.backlog,
                 "scope": "shared_lane" if self.lane is None else "dedicated_lane",
             },
             "last_message_at": iso_time(self.last_message_at),
             "updated_at": iso_time(self.updated_at),
-            "flags": list(self.flags),
+            "flags": self.flags,
             "sparkline": self.sparkline,
         }
 

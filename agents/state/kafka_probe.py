@@ -38,10 +38,13 @@ log = logging.getLogger(__name__)
 PROBE_INTERVAL_S = 1.0  # Kafka offsets (counts, backlog) are at most this old, plus the read
 PROBE_TIMEOUT_S = 5.0
 # A tenant's out and DLQ topics are read every probe while its state document changed within
-# RECENT_S (its last records may reach them a while after its last message: a backlog), and
-# every ALL_EVERY_S whatever.
-RECENT_S = 60.0
+# RECENT_S (its last records reach them a moment after its last message), and every ALL_EVERY_S
+# whatever (a backlog drained later).
+RECENT_S = 15.0
 ALL_EVERY_S = 30.0
+# A topic found missing (the DLQ topic of a tenant that never had a reject) is looked for again
+# this long after: its first record is counted up to that much later.
+ABSENT_RECHECK_S = 5.0
 
 
 class KafkaProbe(Service):
@@ -66,6 +69,7 @@ class KafkaProbe(Service):
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._existing: set[str] = set()  # topics found to exist: the consumer tracks these
+        self._absent: dict[str, float] = {}  # topic -> when it was last found missing
         self._all_read_at = -math.inf
         self._failing = False
         self._started_at = time.time()  # DLQ records of tenants onboarded since are recent
@@ -123,10 +127,18 @@ class KafkaProbe(Service):
         # Only topics that exist are asked for: an unknown one would block the request. Those
         # not known to exist yet are looked up by name (a new tenant's topics, the DLQ topic of
         # one that never had a reject): one metadata request about them alone.
-        self._existing &= {names.control, *fixed, *self._live_topics(names)}
-        self._existing |= await existing_topics(
-            self._admin, [t for t in (*fixed, *single) if t not in self._existing]
-        )
+        live = {names.control, *fixed, *self._live_topics(names)}
+        self._existing &= live
+        self._absent = {topic: at for topic, at in self._absent.items() if topic in live}
+        unknown = [
+            topic
+            for topic in (*fixed, *single)
+            if topic not in self._existing
+            and now - self._absent.get(topic, -math.inf) >= ABSENT_RECHECK_S
+        ]
+        found = await existing_topics(self._admin, unknown)
+        self._existing |= found
+        self._absent.update((topic, now) for topic in unknown if topic not in found)
         partitions = [TopicPartition(topic, 0) for topic in single if topic in self._existing]
         # The shared lane's backlog: ingress the routers have not forwarded yet, plus
         # laneway.lane.shared the shared workers have not processed yet.

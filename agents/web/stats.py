@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
 from aiohttp import web
 from faust.web import View
 from mode import Service
@@ -72,6 +73,7 @@ class StatsService(Service):
         self._rows: list[TenantStats] | None = None
         self._rows_at = 0.0
         self._rows_changes = -1
+        self._rows_json: dict[str, orjson.Fragment] = {}
 
     def on_init_dependencies(self) -> Iterable[Service]:
         return [self.probe]
@@ -104,7 +106,15 @@ class StatsService(Service):
             summaries = sorted(self.registry.directory.summaries(), key=lambda s: s.id)
             self._rows = [self._stats(summary, now) for summary in summaries]
             self._rows_at, self._rows_changes = now, changes
+            self._rows_json = {}
         return self._rows
+
+    def row_json(self, row: TenantStats) -> orjson.Fragment:
+        """`row` (one of the last `rows`) as JSON, serialized once however often it is asked."""
+        fragment = self._rows_json.get(row.tenant)
+        if fragment is None:
+            fragment = self._rows_json[row.tenant] = orjson.Fragment(orjson.dumps(row.as_json()))
+        return fragment
 
     def _stats(self, summary: TenantSummary, now: float) -> TenantStats:
         return tenant_stats(
@@ -175,7 +185,7 @@ def install(
                     "order": "desc" if query.descending else "asc",
                     "matched": len(shown),
                     "totals": totals(rows, offsets, app.topic_names),
-                    "tenants": [row.as_json() for row in shown[: query.limit]],
+                    "tenants": [stats_service.row_json(row) for row in shown[: query.limit]],
                     "notes": NOTES,
                 }
             )
