@@ -143,12 +143,25 @@ def current_rates(document: Mapping[str, Any] | None, now: float) -> Mapping[str
     recomputed = TenantVolume.from_state(volume, now).rates(now) if volume else None
     rates = {}
     for key in RATE_KEYS + BYTES_KEYS:
-        width = SHORT_WINDOWS_S.get(key)
-        if width is not None:
-            rates[key] = float(published[key]) * max(0.0, 1.0 - age / width)
+        if key in SHORT_WINDOWS_S:
+            rates[key] = _faded(published, key, age)
         else:
             rates[key] = float(getattr(recomputed, key)) if recomputed is not None else 0.0
     return rates
+
+
+def current_rate_10s(document: Mapping[str, Any] | None, now: float) -> float:
+    """`current_rates(document, now)["rate_10s"]`, without recomputing the long windows."""
+    if not document:
+        return 0.0
+    age = now - document.get("updated_at", now)
+    published = document["rates"]
+    return float(published["rate_10s"]) if age <= FRESH_S else _faded(published, "rate_10s", age)
+
+
+def _faded(published: Mapping[str, Any], key: str, age: float) -> float:
+    """A short window `age` seconds after the last message: linearly down to 0 over its width."""
+    return float(published[key]) * max(0.0, 1.0 - age / SHORT_WINDOWS_S[key])
 
 
 def tenant_stats(

@@ -41,7 +41,7 @@ from streams.stats import (
     RateHistory,
     StatsQuery,
     TenantStats,
-    current_rates,
+    current_rate_10s,
     iso_time,
     tenant_stats,
     totals,
@@ -85,7 +85,7 @@ class StatsService(Service):
         now = time.time()
         self.history.sample(
             {
-                tenant: current_rates(document, now)["rate_10s"]
+                tenant: current_rate_10s(document, now)
                 for tenant, document in self.tenant_states.states.items()
             }
         )
