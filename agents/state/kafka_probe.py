@@ -45,6 +45,10 @@ ALL_EVERY_S = 30.0
 # A topic found missing (the DLQ topic of a tenant that never had a reject) is looked for again
 # this long after: its first record is counted up to that much later.
 ABSENT_RECHECK_S = 5.0
+# Topics found to exist join the consumer's tracked topics (and so the read) at most this often:
+# each change refreshes the metadata of every tracked topic (~100 µs per topic), and a thousand
+# tenants sending their first records add topics every second for a while.
+TRACK_EVERY_S = 5.0
 
 
 class KafkaProbe(Service):
@@ -68,7 +72,9 @@ class KafkaProbe(Service):
         self.dlq_grew_at: dict[str, float] = {}  # tenant -> when its DLQ topic last grew
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
-        self._existing: set[str] = set()  # topics found to exist: the consumer tracks these
+        self._existing: set[str] = set()  # topics found to exist
+        self._tracked: set[str] = set()  # those of them the consumer tracks, and the probe reads
+        self._tracked_at = -math.inf
         self._absent: dict[str, float] = {}  # topic -> when it was last found missing
         self._all_read_at = -math.inf
         self._failing = False
@@ -99,7 +105,9 @@ class KafkaProbe(Service):
             if not self._failing:
                 log.warning("stats: Kafka offsets not read: %s", type(error).__name__)
             self._failing = True
-            self._existing.clear()  # a topic deleted meanwhile must not fail the next read
+            # A topic deleted meanwhile must not fail the next read.
+            self._existing.clear()
+            self._tracked.clear()
         else:
             self._failing = False
 
@@ -139,12 +147,15 @@ class KafkaProbe(Service):
         found = await existing_topics(self._admin, unknown)
         self._existing |= found
         self._absent.update((topic, now) for topic in unknown if topic not in found)
-        partitions = [TopicPartition(topic, 0) for topic in single if topic in self._existing]
+        self._tracked &= live
+        if not self._existing <= self._tracked and now - self._tracked_at >= TRACK_EVERY_S:
+            self._tracked, self._tracked_at = set(self._existing), now
+        partitions = [TopicPartition(topic, 0) for topic in single if topic in self._tracked]
         # The shared lane's backlog: ingress the routers have not forwarded yet, plus
         # laneway.lane.shared the shared workers have not processed yet.
         ingress, shared_lane = (
             [TopicPartition(topic, p) for p in range(settings.ingress_partitions)]
-            if topic in self._existing
+            if topic in self._tracked
             else []
             for topic in (names.ingress, names.shared_lane)
         )
@@ -153,7 +164,7 @@ class KafkaProbe(Service):
                 lane: TopicPartition(names.dedicated_lanes, lane)
                 for lane in range(settings.dedicated_lanes)
             }
-            if names.dedicated_lanes in self._existing
+            if names.dedicated_lanes in self._tracked
             else {}
         )
         wanted = partitions + ingress + shared_lane + list(lanes.values())
@@ -167,7 +178,7 @@ class KafkaProbe(Service):
             # leader), its fetcher sends metadata requests in a busy loop (1,300 in 2 s).
             # Tracking every topic found to exist (not only this read's) refreshes metadata only
             # when one is new; a consumer tracking none would refresh every topic's.
-            await self._consumer._client.set_topics(self._existing)  # private: see above
+            await self._consumer._client.set_topics(self._tracked)  # private: see above
             ends = await self._consumer.end_offsets(wanted)
         router_commits, shared_commits, lane_commits = await asyncio.gather(
             self._admin.list_consumer_group_offsets(settings.router_group),
@@ -176,7 +187,7 @@ class KafkaProbe(Service):
         )
         previous = self.offsets
         # Tenants not read this time keep their last counts; offboarded ones are dropped.
-        kept = {topic: end for topic, end in previous.ends.items() if topic in self._existing}
+        kept = {topic: end for topic, end in previous.ends.items() if topic in self._tracked}
         offsets = Offsets(
             read_at=now,
             ends=kept
