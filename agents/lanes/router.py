@@ -755,11 +755,13 @@ class Router(Service):
     async def _persist(self) -> None:
         now = time.time()
         active, self._active = self._active, set()
-        try:
-            for tenant in active | set(self.lanes.placed()) | set(self.routes.waiting()):
-                await self._publish_state(tenant, now)
-        except Exception as error:  # the broker is away: the next second's state supersedes
-            log.warning("tenant state not published: %s", type(error).__name__)
+        tenants = active | set(self.lanes.placed()) | set(self.routes.waiting())
+        # Together, so one producer batch carries them: one at a time, 1,000 tenants took 90 s.
+        outcomes = await asyncio.gather(
+            *(self._publish_state(tenant, now) for tenant in tenants), return_exceptions=True
+        )
+        for error in {type(o).__name__ for o in outcomes if isinstance(o, Exception)}:
+            log.warning("tenant state not published: %s", error)  # the next second's supersedes
 
     async def _publish_state(self, tenant: str, now: float) -> None:
         """Publish the tenant's state (acks=all); once acknowledged, the ingress commit may
