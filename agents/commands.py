@@ -9,11 +9,15 @@ from typing import Any, BinaryIO, cast
 
 import click
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from faust.cli import AppCommand, argument, option
 
 from agents import demo
+from agents.state.topic_admin import existing_topics
 from streams.app import LanewayApp
 from streams.topics import is_valid_tenant_id
+
+TOPIC_POLL_S = 1.0  # `consume --follow` of a tenant without records: how often it looks
 
 
 def _tenant_option(value: str) -> str:
@@ -86,17 +90,35 @@ async def consume(
     )
 
 
+async def _topic_exists(bootstrap_servers: list[str], topic: str, *, wait: bool) -> bool:
+    """True if `topic` exists; with `wait`, once it does (asked every `TOPIC_POLL_S`)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        while not await existing_topics(admin, [topic]):
+            if not wait:
+                return False
+            await asyncio.sleep(TOPIC_POLL_S)
+        return True
+    finally:
+        await admin.close()
+
+
 async def _print_records(
     bootstrap_servers: list[str], topic: str, *, from_beginning: bool, follow: bool, out: BinaryIO
 ) -> None:
     """Write each record's value (a JSON document) as one line to `out`."""
     # No consumer group: reading for a look commits nothing and disturbs no real consumer.
+    if not await _topic_exists(bootstrap_servers, topic, wait=False):
+        # A tenant's topics come with its first records (agents.state.publisher).
+        print(f"no records yet: {topic} comes with the tenant's first one", file=sys.stderr)
+        if not follow:
+            return
+        await _topic_exists(bootstrap_servers, topic, wait=True)
+        from_beginning = True  # every record of a topic that appeared since is new
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
     await consumer.start()
     try:
-        if topic not in await consumer.topics():
-            # The faust CLI prints a SystemExit's message and exits 1, without a traceback.
-            raise SystemExit(f"no topic {topic}: is the tenant onboarded?")
         partition = TopicPartition(topic, 0)  # tenant topics have one partition: one order
         consumer.assign([partition])
         if from_beginning:

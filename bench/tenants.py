@@ -2,16 +2,18 @@
 a restart keep up.
 
 The bench runs a throwaway Kafka of its own (tests/harness/outage.py: its own run dir and ports,
-the development broker's jars), so its 2 x N per-tenant topics never land on the shared
-development broker. Its heap is `--broker-heap` (default 2 GiB: KRaft keeps every topic's
-metadata on the heap, ~1 KB per partition, and the broker's log manager a few objects more), and
-the bench raises the open-files limit it and the worker inherit, since the broker keeps every
-partition's log segment open: 20,000 topics need more than the usual 20,000 descriptors.
+the development broker's jars), so the per-tenant topics never land on the shared development
+broker. A tenant's out and DLQ topics come with its first records, so only the active tenants'
+exist. Its heap is `--broker-heap` (default 2 GiB: KRaft keeps every topic's metadata on the
+heap, ~1 KB per partition, and the broker's log manager a few objects more), and the bench
+raises the open-files limit it and the worker inherit, since the broker keeps every partition's
+log segment open (one topic per tenant would need more than the usual 20,000 descriptors).
 
 One shared worker (no lane worker: nobody floods) then goes through:
 1. Baseline: RSS once it has started and settled.
-2. Onboarding: N tenants through `POST /api/tenants` (admin), `--concurrency` at a time, a
-   progress line every few seconds. A tenant counts once POST answered 201: it is usable then.
+2. Onboarding: `--api-tenants` tenants through `POST /api/tenants` (admin), `--concurrency` at
+   a time, half first and half last, the others seeded in between; a progress line every few
+   seconds. A tenant counts once POST answered 201: it is usable then.
    Every `--probe-every` tenants the bench creates one topic itself (its own admin client) and
    times it: the broker's share of an onboarding, beside the POST latency.
 3. Idle: RSS and CPU over `--idle-s` with N idle tenants (nothing was ever sent).
@@ -36,7 +38,6 @@ import itertools
 import math
 import os
 import random
-import re
 import resource
 import secrets
 import time
@@ -68,9 +69,8 @@ from bench.common import (
 from bench.isolation import host_state, percentiles
 from bench.outage import kafka_version
 from streams.auth import hash_token, new_token
-from streams.settings import Settings
 from streams.tenants import TenantRecord, TenantSpec
-from streams.topics import TopicNames, TopicTable
+from streams.topics import TopicNames
 from tests.harness import READY, Api, Sender, WorkerProcess, message, worker_env
 from tests.harness.outage import ThrowawayCluster
 
@@ -128,40 +128,6 @@ def per_tenant_kb(rss_before: int, rss_after: int, tenants: int) -> float | None
 
 def tenant_id(index: int) -> str:
     return f"bt-{index:05d}"
-
-
-# Faust logs both ends of each topic creation of the worker (at INFO, to the millisecond).
-_TOPIC_LOG = re.compile(
-    r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\] .*?"
-    r"(Creating topic|Topic) '[^']*\.(?:out|dlq)\.([a-z0-9-]+)'",
-    re.MULTILINE,
-)
-
-
-def onboarding_breakdown(log_text: str) -> dict[str, tuple[float, float | None]]:
-    """Per tenant the worker created topics for, from its log: (ms from its first "Creating
-    topic" to its last "created", ms until the next tenant's first "Creating topic"). The admin
-    API onboards one tenant at a time, so the second is the whole onboarding; the rest of it,
-    beyond the topics, is the worker's own work (metadata refresh, registry write)."""
-    first: dict[str, datetime] = {}
-    last: dict[str, datetime] = {}
-    for stamp, what, tenant in _TOPIC_LOG.findall(log_text):
-        at = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f")
-        if what == "Creating topic":
-            first.setdefault(tenant, at)
-        else:
-            last[tenant] = at
-    order = sorted(first, key=first.__getitem__)
-    breakdown = {}
-    for tenant, following in zip(order, [*order[1:], None], strict=True):
-        if tenant not in last:
-            continue
-        topics_ms = (last[tenant] - first[tenant]).total_seconds() * 1000
-        cycle_ms = (
-            None if following is None else (first[following] - first[tenant]).total_seconds() * 1000
-        )
-        breakdown[tenant] = (topics_ms, cycle_ms)
-    return breakdown
 
 
 def tenant_body(tenant: str) -> dict[str, Any]:
@@ -348,12 +314,10 @@ class Onboarding:
         self.admin = admin
         self.measured = measured
         self.topics = topics
-        self.table = TopicTable(Settings(topic_prefix=topics.prefix))
         self.run = run
         self.args = args
         self.deadline = time.monotonic() + args.onboard_timeout_s
         self.stopped: str | None = None
-        self.capped: str | None = None  # why fewer tenants were seeded than asked for
         self._probes = itertools.count()
 
     def files_left(self) -> tuple[int, int, int]:
@@ -389,34 +353,18 @@ class Onboarding:
 
         await asyncio.gather(*(lane() for _ in range(self.args.concurrency)))
 
-    async def seed(self, indexes: range, producer: AIOKafkaProducer, keep_tenants: int) -> None:
-        """Onboard tenants as POST does, without it: their out and DLQ topics as the topic table
-        specifies them, in batches of CreateTopics, then their records in the tenants topic,
-        which the worker mirrors. As many as the broker's open files allow, beside
-        `keep_tenants` still to come."""
+    async def seed(self, indexes: range, producer: AIOKafkaProducer) -> None:
+        """Onboard tenants as POST does, without it: their records in the tenants topic, which
+        the worker mirrors (onboarding creates no topic: a tenant's topics come with its first
+        records)."""
         now = datetime.now(UTC)
-        # The broker opens a created topic's log a moment after CreateTopics answers, so its
-        # open files lag: the room is reckoned once, from the files it holds besides partitions.
-        used, limit = self.measured.broker_files()
-        partitions = self.measured.broker_partitions()
-        room = (limit - FDS_RESERVE - used) // 2 - keep_tenants
-        if room < len(indexes):
-            indexes = range(indexes.start, indexes.start + max(room, 0))
-            self.capped = (
-                f"the broker's open-files limit {limit}: it holds {used - partitions} files "
-                f"besides one per partition, {FDS_RESERVE} kept free; room for "
-                f"{partitions + 2 * (len(indexes) + keep_tenants)} partitions"
-            )
         for start in range(indexes.start, indexes.stop, SEED_BATCH):
             if time.monotonic() > self.deadline:
                 self.stopped = f"onboarding took longer than {self.args.onboard_timeout_s:g} s"
                 return
             batch = range(start, min(start + SEED_BATCH, indexes.stop))
-            tenants = [tenant_id(index) for index in batch]
-            names = [name for t in tenants for name in (self.topics.out(t), self.topics.dlq(t))]
-            await create_topics(self.admin, names, 1, self.table.spec(names[0]).config)
-            for tenant in tenants:
-                token = new_token()
+            for index in batch:
+                tenant, token = tenant_id(index), new_token()
                 spec = TenantSpec.model_validate(tenant_body(tenant))
                 record = TenantRecord.create(spec, hash_token(token), now)
                 await producer.send(self.topics.tenants, record.to_json(), key=tenant.encode())
@@ -469,7 +417,7 @@ async def onboard(onboarding: Onboarding, kafka_bootstrap: str) -> dict[str, Any
             producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
             await producer.start()
             try:
-                await onboarding.seed(range(head, args.tenants - tail), producer, tail)
+                await onboarding.seed(range(head, args.tenants - tail), producer)
             finally:
                 await producer.stop()
         timings["seed_s"] = round(time.monotonic() - seeded_from, 1)
@@ -679,7 +627,7 @@ async def measure(
             onboarding = Onboarding(api, admin, measured, topics, run, args)
             timings = await onboard(onboarding, cluster.bootstrap)
             onboard_cpu_pct = cpu_pct(onboard_cpu_before, measured.cpu_s(), timings["onboard_s"])
-            tenants, stopped = run.count, onboarding.stopped or onboarding.capped
+            tenants, stopped = run.count, onboarding.stopped
             if stopped:
                 log(f"onboarding stopped at {tenants} tenants: {stopped}")
             await asyncio.sleep(args.settle_s)
@@ -688,6 +636,7 @@ async def measure(
             rss_onboarded = measured.rss()
             broker_rss_onboarded = measured.broker_rss()
             broker_files, broker_files_limit = measured.broker_files()
+            partitions_onboarded = measured.broker_partitions()
             stats_idle = await stats_latency(session, stats_url, admin_token, args.stats_calls, 0.5)
 
             active = list(run.tokens.items())[: args.active]
@@ -708,6 +657,7 @@ async def measure(
             await asyncio.gather(*senders)
             active_cpu = cpu_pct(active_cpu_before, measured.cpu_s(), args.active_s)
             rss_active = measured.rss()
+            partitions_after_traffic = measured.broker_partitions()
 
             await asyncio.sleep(args.settle_s)
             run.mark(f"idle again: CPU over {args.idle_s:g} s")
@@ -730,20 +680,22 @@ async def measure(
         await admin.close()
 
     send_latency = percentiles(np.array(traffic.latency_ms))
-    breakdown = onboarding_breakdown((logs / "worker.log").read_text(errors="replace"))
     results: dict[str, Any] = {
         "tenants": tenants,
         "tenants_requested": args.tenants,
         "onboard_stopped": stopped,
         "active_tenants": len(active),
-        "topics": 2 * tenants,
+        # Partitions the broker holds (internal topics included): tenants' topics come with
+        # their first records, so only the active tenants' exist.
+        "broker_partitions_onboarded": partitions_onboarded,
+        "broker_partitions_after_traffic": partitions_after_traffic,
         **timings,
         "onboarded_through_api": len(run.onboarded),
         "seeded": run.seeded,
         "onboard_ms_p50": percentiles(np.array([ms for _, ms in run.onboarded]))["p50_ms"],
         "onboard_ms_p99": percentiles(np.array([ms for _, ms in run.onboarded]))["p99_ms"],
-        "onboard_head": api_phase(run, breakdown, 0, timings["onboard_head_count"]),
-        "onboard_tail": api_phase(run, breakdown, timings["onboard_head_count"], None),
+        "onboard_head": api_phase(run, 0, timings["onboard_head_count"]),
+        "onboard_tail": api_phase(run, timings["onboard_head_count"], None),
         "onboard_concurrency": args.concurrency,
         "onboard_retries": run.onboard_retries,
         "onboard_worker_cpu_pct": onboard_cpu_pct,
@@ -782,26 +734,18 @@ async def measure(
     return results
 
 
-def api_phase(
-    run: Run, breakdown: dict[str, tuple[float, float | None]], start: int, stop: int | None
-) -> dict[str, Any]:
-    """A part of the POSTs: tenants onboarded before and after it, their latency, and how long
-    the worker spent creating the topics and in all (`onboarding_breakdown`), as p50s."""
+def api_phase(run: Run, start: int, stop: int | None) -> dict[str, Any]:
+    """A part of the POSTs: tenants onboarded before and after it, and their latency."""
     onboarded = run.onboarded[start:stop]
     if not onboarded:
         return {"posts": 0}
     latency = percentiles(np.array([ms for _, ms in onboarded]))
-    parts = [breakdown[t] for t in run.onboarded_ids[start:stop] if t in breakdown]
-    topics = [topics_ms for topics_ms, _ in parts]
-    cycles = [cycle_ms for _, cycle_ms in parts if cycle_ms is not None]
     return {
         "posts": len(onboarded),
         "tenants_from": onboarded[0][0],
         "tenants_to": onboarded[-1][0],
         "ms_p50": latency["p50_ms"],
         "ms_p99": latency["p99_ms"],
-        "worker_topics_ms_p50": percentiles(np.array(topics))["p50_ms"],
-        "worker_onboarding_ms_p50": percentiles(np.array(cycles))["p50_ms"],
     }
 
 
@@ -904,7 +848,7 @@ def parse_args() -> argparse.Namespace:
 
 def _summary(results: dict[str, Any]) -> str:
     return (
-        f"tenants: {results['tenants']} ({results['topics']} topics) onboarded in "
+        f"tenants: {results['tenants']} onboarded in "
         f"{results['onboard_s']} s (p50 {results['onboard_ms_p50']} ms); "
         f"{results['rss_per_idle_tenant_kb']} KB RSS per idle tenant, /api/stats p99 "
         f"{results['stats_p99_ms']} ms, idle CPU {results['idle_cpu_pct']} %, restart ready in "

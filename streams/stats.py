@@ -8,12 +8,13 @@ the offsets. Nothing here reads message content (invariant 5).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
-from streams.tenants import TenantRecord
+from streams.tenants import TenantSummary
 from streams.topics import TopicNames
 from streams.volume import TenantVolume
 
@@ -73,10 +74,10 @@ class TenantStats:
     received: int
     events: int | None
     dlq: int | None
-    rates: dict[str, float]
+    rates: Mapping[str, float]
     lane: int | None  # None: the shared lane
     moved_at: float | None
-    moves: list[dict[str, Any]]
+    moves: Sequence[dict[str, Any]]
     backlog: int | None
     last_message_at: float | None
     updated_at: float | None
@@ -99,7 +100,11 @@ class TenantStats:
             "processed": self.processed,
             "events": self.events,
             "dlq": self.dlq,
-            "rates": {key: round(value, 3) for key, value in self.rates.items()},
+            "rates": (
+                dict(_NO_RATES)  # most rows: a tenant that never sent; nothing to round
+                if self.rates is _NO_RATES
+                else {key: round(value, 3) for key, value in self.rates.items()}
+            ),
             "lane": "shared" if self.lane is None else "dedicated",
             "lane_index": self.lane,
             "pinned": self.pinned,
@@ -111,12 +116,16 @@ class TenantStats:
             },
             "last_message_at": iso_time(self.last_message_at),
             "updated_at": iso_time(self.updated_at),
-            "flags": list(self.flags),
+            "flags": self.flags,
             "sparkline": self.sparkline,
         }
 
 
-def current_rates(document: Mapping[str, Any] | None, now: float) -> dict[str, float]:
+# The rates of a tenant that never sent: one mapping shared by all such rows (never changed).
+_NO_RATES: Mapping[str, float] = MappingProxyType(dict.fromkeys(RATE_KEYS + BYTES_KEYS, 0.0))
+
+
+def current_rates(document: Mapping[str, Any] | None, now: float) -> Mapping[str, float]:
     """The document's windows as of `now`.
 
     The router republishes a tenant every second while it sends, so a document older than
@@ -125,7 +134,7 @@ def current_rates(document: Mapping[str, Any] | None, now: float) -> dict[str, f
     to zero over their width (exact for traffic that was steady until it stopped).
     """
     if not document:
-        return dict.fromkeys(RATE_KEYS + BYTES_KEYS, 0.0)
+        return _NO_RATES
     published = document["rates"]
     age = now - document.get("updated_at", now)
     if age <= FRESH_S:
@@ -134,16 +143,29 @@ def current_rates(document: Mapping[str, Any] | None, now: float) -> dict[str, f
     recomputed = TenantVolume.from_state(volume, now).rates(now) if volume else None
     rates = {}
     for key in RATE_KEYS + BYTES_KEYS:
-        width = SHORT_WINDOWS_S.get(key)
-        if width is not None:
-            rates[key] = float(published[key]) * max(0.0, 1.0 - age / width)
+        if key in SHORT_WINDOWS_S:
+            rates[key] = _faded(published, key, age)
         else:
             rates[key] = float(getattr(recomputed, key)) if recomputed is not None else 0.0
     return rates
 
 
+def current_rate_10s(document: Mapping[str, Any] | None, now: float) -> float:
+    """`current_rates(document, now)["rate_10s"]`, without recomputing the long windows."""
+    if not document:
+        return 0.0
+    age = now - document.get("updated_at", now)
+    published = document["rates"]
+    return float(published["rate_10s"]) if age <= FRESH_S else _faded(published, "rate_10s", age)
+
+
+def _faded(published: Mapping[str, Any], key: str, age: float) -> float:
+    """A short window `age` seconds after the last message: linearly down to 0 over its width."""
+    return float(published[key]) * max(0.0, 1.0 - age / SHORT_WINDOWS_S[key])
+
+
 def tenant_stats(
-    record: TenantRecord,
+    record: TenantSummary,
     document: Mapping[str, Any] | None,
     offsets: Offsets,
     dlq_grew_at: float | None,
@@ -157,9 +179,7 @@ def tenant_stats(
     last_message_at = published.get("last_message_at")
     read = offsets.read_at > 0
     flags = []
-    if rates["rate_10s"] > record.rate_per_s or (
-        lane is not None and record.lane.pinned != "dedicated"
-    ):
+    if rates["rate_10s"] > record.rate_per_s or (lane is not None and record.pinned != "dedicated"):
         flags.append("noisy")
     if record.paused:
         flags.append("paused")
@@ -172,14 +192,14 @@ def tenant_stats(
         name=record.name,
         paused=record.paused,
         rate_per_s=record.rate_per_s,
-        pinned=record.lane.pinned,
+        pinned=record.pinned,
         received=int(published.get("received", 0)),
         events=offsets.ends.get(names.out(record.id), 0) if read else None,
         dlq=offsets.ends.get(names.dlq(record.id), 0) if read else None,
         rates=rates,
         lane=lane,
         moved_at=document.get("moved_at") if document else None,
-        moves=list(document.get("moves", [])) if document else [],
+        moves=document.get("moves", ()) if document else (),
         backlog=offsets.shared_backlog if lane is None else offsets.lane_backlog.get(lane),
         last_message_at=last_message_at,
         updated_at=document.get("updated_at") if document else None,

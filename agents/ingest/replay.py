@@ -37,6 +37,7 @@ from faust.web import View
 from multidict import MultiMapping
 
 from agents.ingest.writer import IngestUnavailable, IngressWriter
+from agents.state.topic_admin import existing_topics
 from agents.web.auth import Guard
 from agents.web.common import ApiError, api_errors
 from agents.web.fetch import original_by_ref
@@ -222,6 +223,10 @@ class DlqReplay:
             await self.consumer.stop()
 
     async def _replay(self) -> dict[str, int]:
+        counts = {"replayed": 0, "skipped": 0, "already_replayed": 0}
+        if not await existing_topics(self.admin, [self.dlq.topic]):
+            # No reject yet: the publisher creates the DLQ topic with the first.
+            return {**counts, "from_offset": 0, "to_offset": 0}
         committed = await self.admin.list_consumer_group_offsets(self.group, partitions=[self.dlq])
         position = ReplayPosition.from_commit(committed.get(self.dlq))
         self.consumer.assign([self.dlq])
@@ -229,7 +234,6 @@ class DlqReplay:
         if position.pending is not None:
             position = await self._settle(position, position.pending)
         start = position.next_offset
-        counts = {"replayed": 0, "skipped": 0, "already_replayed": 0}
         async for record in self._records(start, end):
             if position.is_done(record.offset):
                 counts["already_replayed"] += 1

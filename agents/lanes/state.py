@@ -10,6 +10,7 @@ adopts its tenants' documents: the next owner resumes where the last one stopped
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
 from typing import Any
@@ -44,11 +45,12 @@ class RouteStates:
         forwarder = self.forwarder
         active, forwarder.active = forwarder.active, set()
         tenants = active | set(forwarder.lanes.placed()) | set(forwarder.routes.waiting())
-        try:
-            for tenant in tenants:
-                await self.publish(tenant, now)
-        except Exception as error:  # the broker is away: the next second's state supersedes
-            log.warning("tenant state not published: %s", type(error).__name__)
+        # Together, so one producer batch carries them: one at a time, 1,000 tenants took 90 s.
+        outcomes = await asyncio.gather(
+            *(self.publish(tenant, now) for tenant in tenants), return_exceptions=True
+        )
+        for error in {type(o).__name__ for o in outcomes if isinstance(o, Exception)}:
+            log.warning("tenant state not published: %s", error)  # the next second's supersedes
 
     async def publish(self, tenant: str, now: float) -> None:
         """Publish the tenant's state (acks=all); once acknowledged, the ingress commit may

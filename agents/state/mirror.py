@@ -61,6 +61,9 @@ class CompactedTopicMirror(Service):
             max_partition_fetch_bytes=self.app.laneway.max_fetch_bytes,
         )
         await self._producer.start()
+        # A producer that has not sent yet tracks no topic, so it would refresh every topic's
+        # metadata (every 5 minutes): this one only ever writes its own topic.
+        self._producer.producer.client.set_topics([self.topic])
         await self._consumer.start()
         partition = TopicPartition(self.topic, 0)
         self._consumer.assign([partition])

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import (
     BrokerResponseError,
     DuplicateSequenceNumber,
@@ -25,6 +26,7 @@ from aiokafka.errors import (
 )
 
 from agents.state.producers import RenewingProducer
+from agents.state.topic_admin import create_topics, started_admin
 from streams.app import LanewayApp
 from streams.hl7 import Hl7Error
 from streams.processing import KAFKA_REFUSED, OutgoingRecord, park
@@ -62,16 +64,25 @@ def refused_as_final(error: BaseException) -> bool:
 
 
 class BatchPublisher:
-    """Delivers output records with acks=all; creates per-tenant topics on demand.
+    """Delivers output records with acks=all; creates per-tenant topics on first use.
 
     It owns an aiokafka producer and sends one record batch per topic partition, instead of one
     Faust `send()` per record: per-record producer overhead was ~15 % of the worker's CPU.
     Each per-tenant topic has one partition, so a batch keeps the tenant's order.
+
+    Onboarding creates no topic: a tenant's output topic is created with its first event and
+    its DLQ topic with its first reject, as the topic table specifies them, so an idle tenant
+    costs the broker no partition and no client any metadata.
     """
 
     def __init__(self, app: LanewayApp) -> None:
         self._app = app
-        self._known_topics: set[str] = set()
+        # Topics created (or found) here -> the tenant incarnation they were declared for: an id
+        # purged (its topics deleted, on any worker) and onboarded again is a new incarnation,
+        # whose first records create them again. None: any (lane topics, records without one).
+        self._known_topics: dict[str, str | None] = {}
+        self._out_prefix = app.topic_names.out("")
+        self._admin: AIOKafkaAdminClient | None = None
         self._producer = RenewingProducer(
             "output",
             bootstrap_servers=app.laneway.bootstrap_servers,
@@ -83,7 +94,7 @@ class BatchPublisher:
 
     def declared(self, *topics: str) -> None:
         """Topics someone else created already: no need to declare them again."""
-        self._known_topics.update(topics)
+        self._known_topics.update(dict.fromkeys(topics))
 
     async def publish(self, outputs: list[OutgoingRecord]) -> dict[tuple[str, int], int]:
         """Deliver every output, or the DLQ record that replaces one Kafka refused as final.
@@ -100,6 +111,10 @@ class BatchPublisher:
             try:
                 delivered, refused = await self._send_all(pending, one_per_batch)
             except Exception as error:  # broker down or timing out: keep the batch, wait, retry
+                # A topic may be gone since it was created here (a purge on any worker, and the
+                # id onboarded again): the retry creates the batch's topics if they are missing.
+                for record in pending:
+                    self._known_topics.pop(record.topic, None)
                 log.warning(
                     "publishing %d outputs failed (%s); retrying in %.1fs",
                     len(pending),
@@ -167,11 +182,18 @@ class BatchPublisher:
         by_partition: dict[tuple[str, int], list[OutgoingRecord]] = defaultdict(list)
         for output in outputs:
             by_partition[output.topic, output.partition].append(output)
+        due = {
+            topic: incarnation
+            for (topic, _), records in by_partition.items()
+            if not self._known(topic, incarnation := self._incarnation(topic, records[0]))
+        }
+        if due:
+            await self._declare(set(due))
+            self._known_topics.update(due)
+        await _look_up(producer, {topic for topic, _ in by_partition})
         pending = []
         batches: list[tuple[tuple[str, int], list[OutgoingRecord]]] = []
         for (topic, partition), records in by_partition.items():
-            if topic not in self._known_topics:
-                await self._declare(topic)
             batch = producer.create_batch()
             in_batch: list[OutgoingRecord] = []
             for record in records:
@@ -201,16 +223,51 @@ class BatchPublisher:
                 written[destination] = max(written.get(destination, -1), last)
         return written, refused
 
+    def _incarnation(self, topic: str, record: OutgoingRecord) -> str | None:
+        """The tenant incarnation `record` is written for, if `topic` is one of a tenant's own."""
+        if record.origin is None or not (record.is_dlq or topic.startswith(self._out_prefix)):
+            return None
+        return record.origin.record.incarnation
+
+    def _known(self, topic: str, incarnation: str | None) -> bool:
+        if topic not in self._known_topics:
+            return False
+        return incarnation is None or self._known_topics[topic] == incarnation
+
     async def _started_producer(self) -> AIOKafkaProducer:
         async with self._start_lock:
             if not self._producer.started:
                 await self._producer.start()
             return self._producer.producer
 
-    async def _declare(self, topic: str) -> None:
-        await self._app.declare(topic)
-        self._known_topics.add(topic)
-        log.info("declared output topic %s", topic)
+    async def _declare(self, topics: set[str]) -> None:
+        """Create those of `topics` that are missing, in one request (an existing topic is kept
+        as it is). Raises if one could not be created: the batch is then retried."""
+        async with self._start_lock:
+            if self._admin is None:
+                self._admin = await started_admin(
+                    self._app.laneway.bootstrap_servers, self._app.topic_names.tenants
+                )
+        table = self._app.topic_table
+        failed = await create_topics(self._admin, [table.spec(topic) for topic in sorted(topics)])
+        if failed:
+            raise TopicNotCreated(f"topics not created: {failed}")
+        log.info("declared %d output topics", len(topics))
 
     async def _on_shutdown(self, app: LanewayApp, **_: Any) -> None:
         await self._producer.stop()
+        if self._admin is not None:
+            await self._admin.close()
+
+
+async def _look_up(producer: AIOKafkaProducer, topics: Iterable[str]) -> None:
+    """Fetch the metadata of those of `topics` the producer has not sent to yet, in one round.
+    (send_batch looks a topic up one metadata round per topic, each round about every topic the
+    producer tracks: O(topics²) when a thousand tenants send their first event together.)"""
+    client = producer.client
+    unknown = [topic for topic in topics if client.cluster.partitions_for_topic(topic) is None]
+    await asyncio.gather(*(client.add_topic(topic) for topic in unknown))
+
+
+class TopicNotCreated(RuntimeError):
+    """Kafka did not create an output topic (the publisher retries the batch)."""

@@ -17,7 +17,7 @@ class TenantRegistry(CompactedTopicMirror):
         self.directory = TenantDirectory()
 
     def apply(self, key: str, value: bytes | None) -> None:
-        self.directory.apply(key, None if value is None else stored_from_json(value))
+        self.directory.apply(key, None if value is None else stored_from_json(value), value)
 
     async def save(self, record: TenantRecord | RetiredTenant) -> None:
         """Store a tenant's new version, or the marker that retires it."""

@@ -24,13 +24,13 @@ from typing import Any, TypeVar
 from aiohttp import web
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError, for_code
-from aiokafka.protocol.metadata import MetadataRequest
 from faust.web import View
 from mode import Service
 from pydantic import ValidationError
 
 from agents.state.mirror import MirrorUnavailable
 from agents.state.registry import TenantRegistry
+from agents.state.topic_admin import UNKNOWN_TOPIC_OR_PARTITION, existing_topics, started_admin
 from agents.web.auth import Guard
 from agents.web.common import ApiError, api_errors, json_body, validation_error
 from streams.app import LanewayApp
@@ -41,15 +41,16 @@ from streams.tenants import RetiredTenant, SenderIdentity, TenantPatch, TenantRe
 PURGE_TIMEOUT_S = 30.0
 PURGE_POLL_S = 0.2
 REGISTRY_CATCH_UP_S = 5.0
-UNKNOWN_TOPIC_OR_PARTITION = 3  # Kafka's error code for a topic that does not exist
 
 T = TypeVar("T")
 
 
 class TenantTopics(Service):
-    """A tenant's own topics (out, dlq): creating them, which of them exist, deleting them.
+    """A tenant's own topics (out, dlq): which of them exist, deleting them.
 
-    Its admin client starts on first use: onboardings and purges are rare next to the stream.
+    Onboarding creates neither: the publisher creates each with its first record
+    (`agents.state.publisher`), so a tenant may have one, both or none. Its admin client starts
+    on first use: purges are rare next to the stream.
     """
 
     def __init__(self, app: LanewayApp, **kwargs: Any) -> None:
@@ -62,28 +63,9 @@ class TenantTopics(Service):
         topics = self.app.topic_names
         return [topics.out(tenant_id), topics.dlq(tenant_id)]
 
-    async def create(self, tenant_id: str) -> None:
-        """Create the tenant's topics; an existing one is kept as it is."""
-        names = self.names(tenant_id)
-        # Faust skips creating a topic its producer's cached metadata lists, and a purge (on any
-        # worker) may have deleted these names since that cache was filled: refresh it then.
-        client = self.app.producer._ensure_producer().client  # type: ignore[attr-defined]  # not on ProducerT
-        if any(client.cluster.partitions_for_topic(name) is not None for name in names):
-            await client.force_metadata_update()
-        await self.app.declare(*names)
-
     async def existing(self, tenant_id: str) -> list[str]:
         """The tenant's topics the broker lists."""
-        client = await self._admin()
-        # Not `describe_topics`: its metadata request lets a broker with topic auto-creation on
-        # create the very topics it asks about.
-        request = MetadataRequest(self.names(tenant_id), allow_auto_topic_creation=False)
-        response = await client._send_request(request)
-        return sorted(
-            topic["topic"]
-            for topic in response.to_object()["topics"]
-            if topic["error_code"] != UNKNOWN_TOPIC_OR_PARTITION
-        )
+        return sorted(await existing_topics(await self._admin(), self.names(tenant_id)))
 
     async def delete(self, tenant_id: str) -> list[str]:
         """Delete the tenant's topics and wait until the broker lists none of them; the names
@@ -104,9 +86,9 @@ class TenantTopics(Service):
     async def _admin(self) -> AIOKafkaAdminClient:
         async with self._starting:
             if self._client is None:
-                client = AIOKafkaAdminClient(bootstrap_servers=self.app.laneway.bootstrap_servers)
-                await client.start()
-                self._client = client
+                self._client = await started_admin(
+                    self.app.laneway.bootstrap_servers, self.app.topic_names.tenants
+                )
         return self._client
 
     async def on_stop(self) -> None:
@@ -201,7 +183,6 @@ def install(app: LanewayApp, registry: TenantRegistry, guard: Guard) -> None:
             async with registry_lock:
                 refuse_used_id(spec.id)
                 refuse_sender_conflicts(spec.id, spec.senders)
-                await tenant_topics.create(spec.id)
                 token = new_token()
                 record = TenantRecord.create(spec, hash_token(token), _now())
                 return await save(record, status=201, token=token)

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
 from aiohttp import web
 from faust.web import View
 from mode import Service
@@ -40,11 +41,15 @@ from streams.stats import (
     RateHistory,
     StatsQuery,
     TenantStats,
+    current_rate_10s,
     iso_time,
     tenant_stats,
     totals,
 )
-from streams.tenants import TenantRecord
+from streams.tenants import TenantSummary
+
+# Rows as old as this are served again: the inputs they come from change about once a second.
+ROWS_MAX_AGE_S = 1.0
 
 
 class StatsService(Service):
@@ -63,32 +68,61 @@ class StatsService(Service):
         self.registry = registry
         self.tenant_states = tenant_states
         self.broker = broker
-        self.probe = KafkaProbe(app, registry, broker)
+        self.probe = KafkaProbe(app, registry, tenant_states, broker)
         self.history = RateHistory()
+        self._rows: list[TenantStats] | None = None
+        self._rows_at = 0.0
+        self._rows_changes = -1
+        self._rows_json: dict[str, orjson.Fragment] = {}
 
     def on_init_dependencies(self) -> Iterable[Service]:
         return [self.probe]
 
     @Service.timer(SAMPLE_S)
     async def _sample(self) -> None:
-        self.history.sample({row.tenant: row.rates["rate_10s"] for row in self.rows(time.time())})
+        # Only tenants with a state document have ever sent: the others' rate is 0, which
+        # starts no sparkline.
+        now = time.time()
+        self.history.sample(
+            {
+                tenant: current_rate_10s(document, now)
+                for tenant, document in self.tenant_states.states.items()
+            }
+        )
 
     def tenant(self, tenant_id: str, now: float) -> TenantStats | None:
-        record = self.registry.directory.get(tenant_id)
-        return None if record is None else self._stats(record, now)
+        summary = self.registry.directory.summary(tenant_id)
+        return None if summary is None else self._stats(summary, now)
 
     def rows(self, now: float) -> list[TenantStats]:
-        """Every onboarded tenant, by id."""
-        records = sorted(self.registry.directory.all(), key=lambda record: record.id)
-        return [self._stats(record, now) for record in records]
+        """Every onboarded tenant, by id. Built at most once per `ROWS_MAX_AGE_S` (and again
+        after any tenant's config changed), however many requests and scrapes ask."""
+        changes = self.registry.directory.changes
+        if (
+            self._rows is None
+            or changes != self._rows_changes
+            or not 0 <= now - self._rows_at < ROWS_MAX_AGE_S
+        ):
+            summaries = sorted(self.registry.directory.summaries(), key=lambda s: s.id)
+            self._rows = [self._stats(summary, now) for summary in summaries]
+            self._rows_at, self._rows_changes = now, changes
+            self._rows_json = {}
+        return self._rows
 
-    def _stats(self, record: TenantRecord, now: float) -> TenantStats:
+    def row_json(self, row: TenantStats) -> orjson.Fragment:
+        """`row` (one of the last `rows`) as JSON, serialized once however often it is asked."""
+        fragment = self._rows_json.get(row.tenant)
+        if fragment is None:
+            fragment = self._rows_json[row.tenant] = orjson.Fragment(orjson.dumps(row.as_json()))
+        return fragment
+
+    def _stats(self, summary: TenantSummary, now: float) -> TenantStats:
         return tenant_stats(
-            record,
-            self.tenant_states.states.get(record.id),
+            summary,
+            self.tenant_states.states.get(summary.id),
             self.probe.offsets,
-            self.probe.dlq_grew_at.get(record.id),
-            self.history.series(record.id),
+            self.probe.dlq_grew_at.get(summary.id),
+            self.history.series(summary.id),
             self.app.topic_names,
             now,
         )
@@ -151,7 +185,7 @@ def install(
                     "order": "desc" if query.descending else "asc",
                     "matched": len(shown),
                     "totals": totals(rows, offsets, app.topic_names),
-                    "tenants": [row.as_json() for row in shown[: query.limit]],
+                    "tenants": [stats_service.row_json(row) for row in shown[: query.limit]],
                     "notes": NOTES,
                 }
             )

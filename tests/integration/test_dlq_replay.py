@@ -22,9 +22,11 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata
 
 from agents.ingest.replay import PendingWrite, ReplayPosition
+from agents.state.topic_admin import create_topics
 from streams.hl7.synthetic import SyntheticFeed
 from streams.processing import guess_control_id
-from streams.topics import TopicNames
+from streams.settings import Settings
+from streams.topics import TopicNames, TopicTable
 from tests.harness import Api, consume_until
 from tests.harness.quiet_tenant import quiet_tenant
 from tests.integration.test_no_mirroring import read_topic
@@ -55,11 +57,15 @@ async def tenant(api: Api, request: pytest.FixtureRequest) -> dict[str, Any]:
 
 async def park(
     producer: AIOKafkaProducer,
+    admin: AIOKafkaAdminClient,
     topics: TopicNames,
     tenant_id: str,
     parked: list[tuple[str, int]],
 ) -> list[bytes]:
-    """One DLQ record per (reason, parked-at ms), in order; their originals."""
+    """One DLQ record per (reason, parked-at ms), in order; their originals. The DLQ topic is
+    created first, as the publisher creates it with a tenant's first reject."""
+    table = TopicTable(Settings(_env_file=None, topic_prefix=topics.prefix))  # type: ignore[call-arg]
+    assert await create_topics(admin, [table.spec(topics.dlq(tenant_id))]) == {}
     feed = SyntheticFeed(seed=11, control_id_prefix=f"RP{uuid.uuid4().hex[:6]}-", escape_rate=0)
     originals = [feed.next_message() for _ in parked]
     for original, (reason, timestamp_ms) in zip(originals, parked, strict=True):
@@ -112,9 +118,22 @@ async def arrived_once(
     assert Counter(json.loads(r.value)["control_id"] for r in records) == wanted
 
 
+COUNTS = ("replayed", "skipped", "already_replayed")
+
+
 async def replay(api: Api, tenant_id: str, query: str = "") -> tuple[int, Any]:
     path = f"/api/tenants/{tenant_id}/dlq/replay{query}"
     return await api.call("POST", path, token=api.admin_token)
+
+
+async def test_a_tenant_that_never_had_a_reject_has_nothing_to_replay(
+    api: Api, tenant: dict[str, Any], admin: AIOKafkaAdminClient, topics: TopicNames
+) -> None:
+    status, answer = await replay(api, tenant["id"])
+
+    assert (status, answer) == (200, {**dict.fromkeys(COUNTS, 0), "from_offset": 0, "to_offset": 0})
+    # The DLQ topic comes with the first reject, not with a replay.
+    assert topics.dlq(tenant["id"]) not in await admin.list_topics()
 
 
 async def test_two_concurrent_replays_one_is_refused_each_original_written_once(
@@ -127,7 +146,7 @@ async def test_two_concurrent_replays_one_is_refused_each_original_written_once(
 ) -> None:
     now_ms = int(time.time() * 1000)
     # Enough records that the first replay still runs when the second request arrives.
-    originals = await park(producer, topics, tenant["id"], [("bad_segment", now_ms)] * 40)
+    originals = await park(producer, admin, topics, tenant["id"], [("bad_segment", now_ms)] * 40)
 
     async with quiet_tenant(api, bootstrap, topics):
         answers = await asyncio.gather(replay(api, tenant["id"]), replay(api, tenant["id"]))
@@ -160,7 +179,7 @@ async def test_filters_select_by_reason_and_parked_time_and_each_is_written_once
         ("unsupported_version", now_ms - 1 * HOUR_MS),
         ("missing_msh_10", now_ms - 1 * HOUR_MS),
     ]
-    originals = await park(producer, topics, tenant["id"], parked)
+    originals = await park(producer, admin, topics, tenant["id"], parked)
     two_and_a_half_hours_ago = time.strftime(
         "%Y-%m-%dT%H:%M:%SZ", time.gmtime((now_ms - 2.5 * HOUR_MS) / 1000)
     )
@@ -205,7 +224,7 @@ async def test_a_replay_that_failed_midway_resumes_after_the_last_written_record
     written_before_the_crash: bool,
 ) -> None:
     now_ms = int(time.time() * 1000)
-    originals = await park(producer, topics, tenant["id"], [("bad_segment", now_ms)] * 4)
+    originals = await park(producer, admin, topics, tenant["id"], [("bad_segment", now_ms)] * 4)
     # The state a replay leaves when it dies while writing record 1: record 0 is back in ingress,
     # record 1 marked pending with the ingress end offsets taken just before its write...
     await producer.send_and_wait(topics.ingress, originals[0], key=tenant["id"].encode())

@@ -299,6 +299,34 @@ async def test_consume_follow_keeps_printing_new_events(
     assert json.loads(line_two)["control_id"] == guess_control_id(second)
 
 
+async def test_consume_of_a_tenant_without_records_waits_for_its_topic_when_following(
+    api: Api, worker_env: dict, topics: TopicNames, producer: AIOKafkaProducer
+) -> None:
+    tenant = await api.onboard(unique("unsent"))  # no topic yet: it comes with the first event
+    assert await run_consume(worker_env, "--tenant", tenant["id"], "--from-beginning") == []
+    process = await asyncio.create_subprocess_exec(
+        *(str(FAUST), "-A", "agents.worker", "consume", "--tenant", tenant["id"], "--follow"),
+        cwd=REPO,
+        env={**os.environ, **worker_env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    try:
+        notice = b""
+        while b"no records yet" not in notice:  # the faust CLI may log before it
+            notice = await asyncio.wait_for(process.stderr.readline(), 60)
+            assert notice, "consume ended without the notice"
+        [first] = messages(1, "FIRST-")
+        await send(producer, topics, tenant["id"], first)
+        line = await asyncio.wait_for(process.stdout.readline(), EVENT_WAIT_S)
+    finally:
+        process.terminate()
+        await process.wait()
+
+    assert json.loads(line)["control_id"] == guess_control_id(first)
+
+
 # ---------------------------------------------------------------------------- example consumer
 
 

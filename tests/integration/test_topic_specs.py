@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from agents.state.topic_admin import existing_topics
 from streams.hl7.synthetic import SyntheticFeed
 from streams.settings import Settings
 from streams.topics import TopicTable
@@ -51,11 +52,16 @@ async def test_every_topic_on_the_broker_is_created_as_its_spec_says(
     )
     table = TopicTable(settings)
     names = table.names
-    tenant = await api.onboard(f"specs-{uuid.uuid4().hex[:8]}")  # out and dlq: the admin API
+    tenant = await api.onboard(f"specs-{uuid.uuid4().hex[:8]}")
+    own = [names.out(tenant["id"]), names.dlq(tenant["id"])]
+    # Onboarding creates no topic: the publisher creates each with its first record.
+    assert await existing_topics(admin, own) == set()
+    feed = SyntheticFeed(seed=3)
+    status, answer = await api.send(tenant["id"], tenant["token"], feed.next_message())
+    assert status == 202, answer
+    await producer.send_and_wait(names.ingress, b"not HL7", key=tenant["id"].encode())
     # A record of no tenant: the processor's publisher creates the unrouted DLQ for it.
-    sent = await producer.send_and_wait(
-        names.ingress, SyntheticFeed(seed=3).next_message(), key=b"No Tenant"
-    )
+    sent = await producer.send_and_wait(names.ingress, feed.next_message(), key=b"No Tenant")
 
     def parked(records: list[ConsumerRecord]) -> bool:
         sources = [json.loads(record.value)["source"] for record in records]
@@ -63,6 +69,8 @@ async def test_every_topic_on_the_broker_is_created_as_its_spec_says(
 
     records = await consume_until(bootstrap, [names.dlq_unrouted], parked, WAIT_S)
     assert parked(records), worker.log_tail()
+    for topic in own:  # the event and the reject
+        assert await consume_until(bootstrap, [topic], bool, WAIT_S), (topic, worker.log_tail())
 
     expected = [
         names.ingress,

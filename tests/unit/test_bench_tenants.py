@@ -15,7 +15,6 @@ from bench.tenants import (
     bucket_latencies,
     cpu_pct,
     cpu_seconds,
-    onboarding_breakdown,
     open_files_limit,
     per_tenant_kb,
     process_cpu_seconds,
@@ -111,30 +110,6 @@ def test_targets_are_the_acceptance_points() -> None:
     assert _missed(_results(idle_cpu_pct=5.0)) == ["idle_cpu_pct < 5"]
     assert _missed(_results(restart_ready_s=10.0)) == ["restart_ready_s < 10"]
     assert _missed(_results(tenants=9_830)) == ["every requested tenant onboarded"]
-
-
-WORKER_LOG = """\
-[2026-12-02 05:33:48,522] [23166] [INFO] [^--Producer]: Creating topic 'lw.dlq.bt-00001'
-[2026-12-02 05:33:48,523] [23166] [INFO] [^--Producer]: Creating topic 'lw.out.bt-00001'
-[2026-12-02 05:33:48,582] [23166] [INFO] [^--Producer]: Topic 'lw.dlq.bt-00001' created.
-[2026-12-02 05:33:48,619] [23166] [INFO] [^--Producer]: Topic 'lw.out.bt-00001' created.
-[2026-12-02 05:33:48,650] [23166] [INFO] [^--Producer]: Creating topic 'lw.ingress'
-[2026-12-02 05:33:48,684] [23166] [INFO] [^--Producer]: Creating topic 'lw.dlq.bt-00002'
-[2026-12-02 05:33:48,705] [23166] [INFO] [^--Producer]: Creating topic 'lw.out.bt-00002'
-[2026-12-02 05:33:48,817] [23166] [INFO] [^--Producer]: Topic 'lw.dlq.bt-00002' created.
-[2026-12-02 05:33:48,863] [23166] [INFO] [^--Producer]: Topic 'lw.out.bt-00002' created.
-[2026-12-02 05:33:49,000] [23166] [INFO] [^--Producer]: Creating topic 'lw.out.bt-00003'
-"""
-
-
-def test_onboarding_breakdown_splits_topic_creation_from_the_whole_onboarding() -> None:
-    breakdown = onboarding_breakdown(WORKER_LOG)
-    # bt-00003's topics were never reported created (the log ends): it is left out.
-    assert set(breakdown) == {"bt-00001", "bt-00002"}
-    topics_ms, cycle_ms = breakdown["bt-00001"]
-    assert topics_ms == pytest.approx(97.0)  # 48,522 -> 48,619
-    assert cycle_ms == pytest.approx(162.0)  # until bt-00002's first "Creating topic"
-    assert breakdown["bt-00002"] == (pytest.approx(179.0), pytest.approx(316.0))
 
 
 def test_the_bench_tenant_is_a_valid_tenant_spec() -> None:

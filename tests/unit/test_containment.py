@@ -39,6 +39,7 @@ from streams.processing import (
     IngressRecord,
     Origin,
     OutgoingRecord,
+    forward_to_lane,
     lane_record_origin,
     park,
     process_ingress_record,
@@ -192,6 +193,16 @@ class _Metadata:
         self.offset = offset
 
 
+class _KnowsEveryTopic:
+    """A producer's client whose metadata lists every topic (with one partition)."""
+
+    def __init__(self) -> None:
+        self.cluster = self
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {0}
+
+
 class FakeProducer:
     """A producer whose broker refuses any batch holding a value above `max_value` (as Kafka
     does with max.message.bytes), and fails the first `flaky` sends in a retriable way."""
@@ -200,6 +211,8 @@ class FakeProducer:
         self.max_value = max_value
         self.flaky = flaky
         self.written: dict[str, list[bytes]] = {}
+        self.client = _KnowsEveryTopic()
+        self.declarations: list[list[str]] = []  # the topics of each creation request
 
     def create_batch(self) -> _Batch:
         return _Batch(limit=10_000)
@@ -231,8 +244,8 @@ def publisher(
         renewing._producer = fake  # type: ignore[assignment]
         monkeypatch.setattr(renewing, "renew", lambda broken: None)
 
-        async def declare(topic: str) -> None:
-            published.declared(topic)
+        async def declare(topics: set[str]) -> None:
+            fake.declarations.append(sorted(topics))
 
         monkeypatch.setattr(published, "_declare", declare)
         return published
@@ -276,6 +289,42 @@ async def test_retriable_failures_are_retried_until_delivered(
 
     assert len(fake.written[TOPICS.out("acme")]) == 1
     assert TOPICS.dlq("acme") not in fake.written
+
+
+async def test_a_tenants_topics_are_created_with_its_first_records(
+    publisher: Callable[[FakeProducer], BatchPublisher],
+) -> None:
+    fake = FakeProducer(max_value=100_000)
+    published = publisher(fake)
+    first, second = (
+        record(b"acme", n, m)._replace(incarnation="a" * 32) for n, m in enumerate(messages(2))
+    )
+    published.declared(TOPICS.shared_lane)
+
+    await published.publish(process_records([first], TOPICS))
+    await published.publish(process_records([second, record(b"acme", 2, b"not HL7")], TOPICS))
+    await published.publish([forward_to_lane(first, TOPICS.shared_lane)])
+
+    # The output topic with the first event, the DLQ topic with the first reject; each once.
+    assert fake.declarations == [[TOPICS.out("acme")], [TOPICS.dlq("acme")]]
+
+
+async def test_a_new_incarnation_or_a_failed_send_creates_the_topics_again(
+    publisher: Callable[[FakeProducer], BatchPublisher],
+) -> None:
+    fake = FakeProducer(max_value=100_000)
+    published = publisher(fake)
+    message = messages(1)[0]
+    old, new = (record(b"acme", 0, message)._replace(incarnation=c * 32) for c in "ab")
+
+    await published.publish(process_records([old], TOPICS))
+    # The id purged (its topics deleted) and onboarded again: a new incarnation.
+    await published.publish(process_records([new], TOPICS))
+    await published.publish(process_records([new], TOPICS))
+    fake.flaky = 1  # a topic deleted meanwhile fails the send: the retry creates it again
+    await published.publish(process_records([new], TOPICS))
+
+    assert fake.declarations == [[TOPICS.out("acme")]] * 3
 
 
 # ------------------------------------------------------------------ router

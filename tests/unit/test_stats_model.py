@@ -21,12 +21,13 @@ from streams.stats import (
     RateHistory,
     StatsQuery,
     TenantStats,
+    current_rate_10s,
     current_rates,
     iso_time,
     tenant_stats,
     totals,
 )
-from streams.tenants import LaneSettings, TenantRecord, TenantSpec
+from streams.tenants import LaneSettings, TenantRecord, TenantSpec, TenantSummary
 from streams.topics import TopicNames
 from streams.volume import TenantVolume
 
@@ -81,7 +82,8 @@ def stats(
     dlq_grew_at: float | None = None,
     history: list[float] | None = None,
 ) -> TenantStats:
-    return tenant_stats(tenant or record(), doc, offsets, dlq_grew_at, history or [], NAMES, NOW)
+    summary = TenantSummary.of(tenant or record())
+    return tenant_stats(summary, doc, offsets, dlq_grew_at, history or [], NAMES, NOW)
 
 
 def row(tenant: str, **values: Any) -> TenantStats:
@@ -192,6 +194,14 @@ def test_a_stale_document_fades_the_short_windows_and_recomputes_the_long_ones()
     assert later["rate_5m"] == pytest.approx(volume.rates(NOW + 90).rate_5m)
     assert later["rate_1h"] == pytest.approx(volume.rates(NOW + 90).rate_1h)
     assert later["bytes_1h"] == pytest.approx(volume.rates(NOW + 90).bytes_1h)
+
+
+@pytest.mark.parametrize("age_s", [0.0, FRESH_S, 5.0, 9.0, 90.0])
+def test_the_sparklines_10s_rate_is_current_rates_without_the_long_windows(age_s: float) -> None:
+    _, doc = steady_then_stopped()
+
+    assert current_rate_10s(doc, NOW + age_s) == current_rates(doc, NOW + age_s)["rate_10s"]
+    assert current_rate_10s(None, NOW) == 0.0
 
 
 def test_no_document_or_no_volume_means_no_traffic() -> None:

@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from streams import tenants as tenants_module
 from streams.tenants import (
     DEFAULT_BURST,
     DEFAULT_RATE_PER_S,
@@ -26,6 +27,7 @@ from streams.tenants import (
     TenantPatch,
     TenantRecord,
     TenantSpec,
+    TenantSummary,
     identities_overlap,
     stored_from_json,
 )
@@ -612,6 +614,37 @@ def test_directory_applies_a_record() -> None:
     assert directory.sender_conflicts("other", [sender("EPIC", "STMARYS")]) == [
         SenderConflict(sender("EPIC", "STMARYS"), "st-marys", sender("EPIC", "STMARYS"))
     ]
+
+
+def test_directory_keeps_a_summary_of_each_tenant_and_decodes_records_on_demand(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tenants_module, "DECODED_RECORDS", 2)
+    directory = TenantDirectory()
+    stored = {t: record(t, token_digit=d) for t, d in (("t-1", "a"), ("t-2", "b"), ("t-3", "c"))}
+    for tenant, tenant_record in stored.items():
+        directory.apply(tenant, tenant_record, tenant_record.to_json())
+
+    # Listing every tenant decodes none of them.
+    assert [summary.id for summary in directory.summaries()] == ["t-1", "t-2", "t-3"]
+    assert directory.summary("t-2") == TenantSummary.of(stored["t-2"])
+    created = datetime.fromisoformat(stored["t-2"].created_at).timestamp()
+    summary = directory.summary("t-2")
+    assert summary is not None and summary.created_at == created
+    assert len(directory._decoded) == 0
+    # The most recently used records stay decoded, no more than DECODED_RECORDS of them.
+    assert [directory.get(tenant) for tenant in stored] == list(stored.values())
+    assert list(directory._decoded) == ["t-2", "t-3"]
+    assert directory.get("t-2") is directory.get("t-2")
+    assert directory.all() == list(stored.values())
+    # A change replaces the summary and the decoded record.
+    changes = directory.changes
+    directory.apply("t-2", None)
+    assert (directory.get("t-2"), directory.summary("t-2"), directory.changes) == (
+        None,
+        None,
+        changes + 1,
+    )
 
 
 def test_directory_update_replaces_senders_and_token() -> None:

@@ -11,14 +11,20 @@ import pytest
 
 from agents.lane_worker import build_lane_worker
 from agents.lanes.router import Router
+from agents.state import publisher as publisher_module
 from agents.state.publisher import BatchPublisher
 from agents.state.registry import TenantRegistry
 from agents.state.tenant_state import TenantStateMirror
-from agents.web.admin import TenantTopics
 from agents.worker import build_worker
 from streams.app import LanewayApp
 from streams.settings import Settings
-from streams.topics import OUTPUT_RETENTION_MS, TopicNames, TopicTable, is_valid_tenant_id
+from streams.topics import (
+    OUTPUT_RETENTION_MS,
+    TopicNames,
+    TopicSpec,
+    TopicTable,
+    is_valid_tenant_id,
+)
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 TENANT = "st-marys"
@@ -156,17 +162,8 @@ async def test_every_creator_declares_its_topics_through_the_table(
         raise _Declared
 
     monkeypatch.setattr(app, "declare", declare)
-    # The admin API refreshes the producer's topic metadata when it lists a tenant topic.
-    no_topics = SimpleNamespace(cluster=SimpleNamespace(partitions_for_topic=lambda _: None))
-    monkeypatch.setattr(app.producer, "_ensure_producer", lambda: SimpleNamespace(client=no_topics))
     registry, state = TenantRegistry(app), TenantStateMirror(app)
-    starts = (
-        Router(app, registry, state).on_start(),
-        registry.on_start(),
-        state.on_start(),
-        BatchPublisher(app)._declare(names.out(TENANT)),
-        TenantTopics(app).create(TENANT),
-    )
+    starts = (Router(app, registry, state).on_start(), registry.on_start(), state.on_start())
     for start in starts:
         with pytest.raises(_Declared):
             await start
@@ -175,9 +172,30 @@ async def test_every_creator_declares_its_topics_through_the_table(
         (names.ingress, names.control, names.shared_lane, names.dedicated_lanes),
         (names.tenants,),
         (names.tenant_state,),
-        (names.out(TENANT),),
-        (names.out(TENANT), names.dlq(TENANT)),
     ]
+
+
+async def test_the_publisher_creates_a_tenants_topics_as_the_table_specifies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = build_worker(make_settings(data_dir=tmp_path, web_port=6143))
+    names = app.topic_names
+    created: list[TopicSpec] = []
+
+    async def create_topics(admin: object, specs: list[TopicSpec]) -> dict[str, str]:
+        created.extend(specs)
+        return {}
+
+    async def started_admin(servers: list[str], tracked: str) -> object:
+        return SimpleNamespace()
+
+    monkeypatch.setattr(publisher_module, "create_topics", create_topics)
+    monkeypatch.setattr(publisher_module, "started_admin", started_admin)
+    publisher = BatchPublisher(app)
+    await publisher._declare({names.out(TENANT), names.dlq(TENANT)})
+
+    table = app.topic_table
+    assert created == [table.spec(names.dlq(TENANT)), table.spec(names.out(TENANT))]
 
 
 async def test_declare_creates_each_topic_as_its_spec_says(

@@ -275,3 +275,22 @@ async def test_http_ingest_refuses_before_writing(served_worker: ServedWorker) -
     assert oversize.status == 413
     assert (await oversize.json())["error"] == "body_too_large"
     assert not_hl7.status == 415
+
+
+async def test_stats_rows_are_built_once_a_second_and_again_after_a_tenant_changes(
+    served_worker: ServedWorker,
+) -> None:
+    world = served_worker
+    world.onboard("alpha")
+    now = time.time()
+
+    first = world.stats.rows(now)
+    again = world.stats.rows(now + 0.5)  # every request and scrape within the second
+    later = world.stats.rows(now + 1.0)
+    world.onboard("beta")
+    changed = world.stats.rows(now + 1.1)
+
+    assert again is first
+    assert later is not first
+    assert [row.tenant for row in changed] == ["alpha", "beta"]
+    assert world.stats.row_json(changed[0]) is world.stats.row_json(changed[0])
