@@ -60,10 +60,14 @@ def started_fetcher() -> SimpleNamespace:
     async def process_response(assignment: Any, node_id: int, request: Any) -> bool:
         return False
 
+    async def close() -> None:
+        pass
+
     return SimpleNamespace(
         _proc_fetch_request=process_response,
         _fetch_max_wait_ms=BATCHING.max_wait_ms,
         _fetch_min_bytes=BATCHING.min_bytes,
+        close=close,
     )
 
 
@@ -85,11 +89,15 @@ async def test_fausts_consumer_and_the_router_ingress_consumer_adapt_their_fetch
 
     app = build_worker(Settings(_env_file=None, data_dir=tmp_path, web_port=6127))  # type: ignore[call-arg]
     thread = app.consumer._new_consumer_thread()  # type: ignore[attr-defined]
-    await thread.on_start()
-    await assert_adapted(thread._consumer._fetcher)
-
     forwarder: Any = SimpleNamespace(app=app)
     reader = IngressReader(forwarder, states=None, recovery=None, tenant_states=None)  # type: ignore[arg-type]
+    await thread.on_start()
     await reader.start()
-    assert reader._consumer is not None
-    await assert_adapted(reader._consumer._fetcher)
+    try:
+        await assert_adapted(thread._consumer._fetcher)
+        assert reader._consumer is not None
+        await assert_adapted(reader._consumer._fetcher)
+    finally:
+        await thread._consumer.stop()
+        if reader._consumer is not None:
+            await reader._consumer.stop()
