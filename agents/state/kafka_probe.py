@@ -45,10 +45,19 @@ ALL_EVERY_S = 30.0
 # A topic found missing (the DLQ topic of a tenant that never had a reject) is looked for again
 # this long after: its first record is counted up to that much later.
 ABSENT_RECHECK_S = 5.0
-# Topics found to exist join the consumer's tracked topics (and so the read) at most this often:
-# each change refreshes the metadata of every tracked topic (~100 µs per topic), and a thousand
-# tenants sending their first records add topics every second for a while.
+# Topics found to exist join the consumer's tracked topics (and so the read) at the next probe,
+# unless that would spend more than TRACK_CPU_SHARE of a core: each change refreshes the metadata
+# of every tracked topic (~100 µs per topic here), and a thousand tenants sending their first
+# records add topics every second for a while. So 100 topics join within a second (every
+# worker's counts agree within a probe or two), 2,500 or more at most every TRACK_EVERY_S.
+METADATA_S_PER_TOPIC = 100e-6
+TRACK_CPU_SHARE = 0.05
 TRACK_EVERY_S = 5.0
+
+
+def track_interval_s(tracked_topics: int) -> float:
+    """The least time between two changes of the tracked topics (see TRACK_CPU_SHARE)."""
+    return min(TRACK_EVERY_S, tracked_topics * METADATA_S_PER_TOPIC / TRACK_CPU_SHARE)
 
 
 class KafkaProbe(Service):
@@ -148,7 +157,9 @@ class KafkaProbe(Service):
         self._existing |= found
         self._absent.update((topic, now) for topic in unknown if topic not in found)
         self._tracked &= live
-        if not self._existing <= self._tracked and now - self._tracked_at >= TRACK_EVERY_S:
+        if not self._existing <= self._tracked and now - self._tracked_at >= track_interval_s(
+            len(self._tracked)
+        ):
             self._tracked, self._tracked_at = set(self._existing), now
         partitions = [TopicPartition(topic, 0) for topic in single if topic in self._tracked]
         # The shared lane's backlog: ingress the routers have not forwarded yet, plus

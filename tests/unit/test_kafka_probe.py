@@ -48,3 +48,16 @@ def test_only_tenants_that_sent_are_read_the_recent_ones_every_time(tmp_path: Pa
     assert sorted(first) == ["busy", "calm"]
     assert soon == ["busy"]
     assert sorted(later) == ["busy", "calm"]
+
+
+def test_new_topics_join_at_the_next_probe_until_the_metadata_refresh_costs_too_much() -> None:
+    # A few hundred tracked topics refresh in milliseconds: a new one is read within a probe,
+    # so two workers' counts agree within a second or two.
+    assert kafka_probe.track_interval_s(0) == 0
+    assert kafka_probe.track_interval_s(200) <= kafka_probe.PROBE_INTERVAL_S
+    # Thousands of them: the refreshes are spaced so they take at most TRACK_CPU_SHARE of a core.
+    interval = kafka_probe.track_interval_s(1_500)
+    assert kafka_probe.PROBE_INTERVAL_S < interval < kafka_probe.TRACK_EVERY_S
+    refresh_s = 1_500 * kafka_probe.METADATA_S_PER_TOPIC
+    assert refresh_s / interval <= kafka_probe.TRACK_CPU_SHARE + 1e-9
+    assert kafka_probe.track_interval_s(100_000) == kafka_probe.TRACK_EVERY_S
