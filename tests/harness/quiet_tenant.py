@@ -53,11 +53,14 @@ async def quiet_tenant(api: Api, bootstrap: str, topics: TopicNames) -> AsyncIte
     quiet = QuietTenant(tenant["id"])
     feed = SyntheticFeed(seed=7, control_id_prefix="QUIET-", escape_rate=0)
     stop = asyncio.Event()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    # Its out topic comes with its first event: no seek, which would wait for a missing topic's
+    # offsets until the request timed out (40 s); the earliest offset is read once it is there.
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     partition = TopicPartition(topics.out(quiet.tenant_id), 0)
     consumer.assign([partition])
-    await consumer.seek_to_beginning(partition)
 
     async def send() -> None:
         while not stop.is_set() or len(quiet.sent) < MIN_SENT:

@@ -198,12 +198,14 @@ async def _failover(
             await asyncio.sleep(QUIET_EVERY_S)
 
     async def read_quiet() -> None:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        # No seek: the out topic comes with the first event, and a seek would wait for it.
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        )
         await consumer.start()
         try:
             partition = TopicPartition(topics.out(quiet["id"]), 0)
             consumer.assign([partition])
-            await consumer.seek_to_beginning(partition)
             while True:
                 batch = await consumer.getmany(partition, timeout_ms=200)
                 for record in batch.get(partition, []):
