@@ -24,6 +24,7 @@ from faust.types import TP, EventT, TopicT
 from agents.state.publisher import BatchPublisher
 from agents.state.registry import TenantRegistry
 from streams.app import LanewayApp
+from streams.batching import take_event_batches
 from streams.gcra import Gcra
 from streams.lanes import drain_share
 from streams.masking import OutputShapers
@@ -114,9 +115,7 @@ def install(
     @app.agent(lanes, name=name)
     async def process(stream: AsyncIterable[bytes]) -> None:
         await registry.ready.wait()  # tenants' output options first: never emit unmasked
-        async for events in stream.take_events(  # type: ignore[attr-defined]  # not on StreamT
-            settings.batch_max, within=settings.batch_within_s
-        ):
+        async for events in take_event_batches(stream, settings.batch_max, settings.batch_within_s):
             if pace is not None:
                 await pace.wait_for(len(events))
             records = [_ingress_record(event) for event in events]
