@@ -67,7 +67,7 @@ from aiokafka.errors import KafkaError
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from bench.common import REPO, RESULTS_DIR, git_commit, log, run_bench, targets_verdict
+from bench.common import REPO, RESULTS_DIR, git_commit, log, new_run_id, run_bench, targets_verdict
 from streams.settings import Settings
 from tests.harness import HarnessError, consume_until, worker_env
 from tests.harness.outage import ThrowawayCluster
@@ -747,7 +747,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
-    run_id = f"{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(2)}"
+    run_id = new_run_id()
     logs = REPO / ".run" / "bench" / f"chaos-{run_id}"
     log(f"chaos: seed {args.seed}, {args.duration_s:g} s, logs in {logs}")
     cluster = ThrowawayCluster(logs / "kafka")

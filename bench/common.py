@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import re
+import secrets
 import subprocess
 import sys
 from collections.abc import Callable, Coroutine, Iterable, Sequence
@@ -235,3 +236,9 @@ def kafka_version(bootstrap: str) -> str | None:
 def git_commit() -> str | None:
     result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
     return result.stdout.strip() if result.returncode == 0 else None
+
+
+def new_run_id() -> str:
+    """A bench run's id, for its topic prefix, app ids and log folder: sortable by start time,
+    distinct between runs started in the same second."""
+    return f"{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(2)}"

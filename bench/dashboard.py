@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import secrets
 import shutil
 import statistics
 import subprocess
@@ -46,6 +45,7 @@ from bench.common import (
     BenchError,
     declare_topics,
     log,
+    new_run_id,
     run_bench,
     topic_table,
 )
@@ -246,7 +246,7 @@ async def kafka_clients(
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
-    run_id = f"{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(2)}"
+    run_id = new_run_id()
     app_id = f"lwbench-{run_id}-dash"
     topics = TopicNames(f"{app_id}.")
     run_dir = REPO / ".run" / "bench" / run_id

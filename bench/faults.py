@@ -52,6 +52,7 @@ from bench.common import (
     BenchError,
     git_commit,
     log,
+    new_run_id,
     run_bench,
     targets_verdict,
 )
@@ -252,7 +253,7 @@ def plot(run: Run, quiet: QuietTenant, router: ProgressMonitor, path: Path) -> N
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     bootstrap = default_bootstrap()
-    run_id = f"{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(2)}"
+    run_id = new_run_id()
     logs = REPO / ".run" / "bench" / f"faults-{run_id}"
     app_id = f"lwfaults-{secrets.token_hex(3)}"
     env = worker_env(

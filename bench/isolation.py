@@ -69,6 +69,7 @@ from bench.common import (
     git_commit,
     kafka_version,
     log,
+    new_run_id,
     rss_bytes,
     run_bench,
     topic_table,
@@ -1090,7 +1091,7 @@ def report(
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
-    run_id = f"{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(2)}"
+    run_id = new_run_id()
     run = Run(run_id, REPO / ".run" / "bench" / run_id, args.bootstrap, secrets.token_urlsafe(24))
     corpus = Corpus(CORPUS_SEED, CORPUS_TEMPLATES)
     kafka = Kafka(args.bootstrap)

@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import os
 import random
-import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from bench.common import (
     git_commit,
     kafka_version,
     log,
+    new_run_id,
     run_bench,
 )
 from streams.hl7.synthetic import ADT_TRIGGERS, VERSIONS, adt, oru
@@ -289,7 +289,7 @@ def plot(result: Result, args: argparse.Namespace, path: Path) -> None:
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
-    run_id = f"{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(2)}"
+    run_id = new_run_id()
     run_dir = REPO / ".run" / "bench" / run_id
     per_connection = round(args.rate / args.connections * (args.warmup_seconds + args.seconds))
     connections = build_connections(args.connections, per_connection, run_id)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -42,6 +41,7 @@ from bench.common import (
     RESULTS_DIR,
     git_commit,
     log,
+    new_run_id,
     run_bench,
     targets_verdict,
 )
@@ -145,7 +145,7 @@ def plot(scenarios: Sequence[tuple[str, Scenario]], path: Path) -> None:
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
-    run_id = f"{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(2)}"
+    run_id = new_run_id()
     logs = REPO / ".run" / "bench" / f"outage-{run_id}"
     # Broker logs stay beside the worker logs when a run fails (data is wiped either way).
     kafka_root = logs / "kafka"

@@ -62,6 +62,7 @@ from bench.common import (
     create_topics,
     git_commit,
     log,
+    new_run_id,
     rss_bytes,
     run_bench,
     targets_verdict,
@@ -573,7 +574,7 @@ async def timed(label: str, step: Awaitable[Any]) -> Any:
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    run_id = f"{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(2)}"
+    run_id = new_run_id()
     logs = REPO / ".run" / "bench" / f"tenants-{run_id}"
     limits = raise_open_files(open_files_wanted(args.tenants))
     log(f"open files limit {limits[0]} (wanted {open_files_wanted(args.tenants)}); logs {logs}")

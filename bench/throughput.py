@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import os
 import random
-import secrets
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -46,6 +45,7 @@ from bench.common import (
     git_commit,
     kafka_version,
     log,
+    new_run_id,
     run_bench,
     topic_table,
     write_tenant_configs,
@@ -347,7 +347,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     tenants = [f"tenant-{index:02d}".encode() for index in range(args.tenants)]
     log(f"generating {args.messages:,} synthetic ADT/ORU messages for {args.tenants} tenants")
     corpus = build_corpus(args.messages, tenants)
-    run_id = f"{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(2)}"
+    run_id = new_run_id()
     run_dir = REPO / ".run" / "bench" / run_id
     systems = make_systems(run_id, args.bootstrap, args.partitions, run_dir)
     kafka = Kafka(args.bootstrap)
