@@ -26,7 +26,7 @@ from agents.lanes.forwarding import Forwarder
 from agents.lanes.recovery import Recovery
 from agents.lanes.state import RouteStates
 from agents.state.tenant_state import TenantStateMirror
-from streams.fetching import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES, adapt_fetches
+from streams.app import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES
 from streams.processing import IngressRecord, OutgoingRecord, incarnation_of
 from streams.route_records import marks_metadata
 
@@ -76,7 +76,6 @@ class IngressReader:
             fetch_min_bytes=FETCH_MIN_BYTES,
         )
         await self._consumer.start()
-        adapt_fetches(self._consumer)  # batch while ingress flows, long-poll while it is idle
 
     async def stop(self) -> None:
         """The last commit, then the consumer."""

@@ -21,13 +21,10 @@ from mode import Service
 
 from agents.state.producers import RenewingProducer
 from streams.app import LanewayApp
-from streams.fetching import IDLE_FETCH_MAX_WAIT_MS
 
 log = logging.getLogger(__name__)
 
-# Always a long poll for 1 byte, never streams.fetching's batching: changes are rare, and a
-# `put(..., wait=True)` waits for this mirror, which batching would only delay.
-FETCH_WAIT_MS = IDLE_FETCH_MAX_WAIT_MS
+FETCH_WAIT_MS = 500  # bounds only an idle fetch: a change ends the wait at once
 APPLY_TIMEOUT_S = 10.0
 
 

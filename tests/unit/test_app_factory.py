@@ -8,7 +8,7 @@ import pytest
 
 from agents.lane_worker import build_lane_worker
 from agents.worker import build_worker
-from streams.fetching import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES
+from streams.app import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES
 from streams.settings import Settings
 
 
