@@ -19,7 +19,8 @@ One shared worker (no lane worker: nobody floods) then goes through:
 3. Idle: RSS and CPU over `--idle-s` with N idle tenants (nothing was ever sent).
 4. Active: `--active` tenants send over HTTP ingest at `--rate` msg/s each for `--active-s`,
    the rest stay idle; meanwhile `GET /api/stats` (admin, every tenant) `--stats-calls` times.
-5. Idle again: CPU over `--idle-s` once the traffic stopped; RSS; /api/stats again.
+5. Idle again: once every accepted message is processed, CPU over `--idle-s`; RSS; /api/stats
+   again.
 6. Restart: SIGTERM, then a new worker on the same data dir, timed until `/api/stats` lists
    every tenant and an active tenant's message is accepted (202).
 
@@ -422,7 +423,12 @@ async def onboard(onboarding: Onboarding, kafka_bootstrap: str) -> dict[str, Any
             finally:
                 await producer.stop()
         timings["seed_s"] = round(time.monotonic() - seeded_from, 1)
-        timings["seed_caught_up_s"] = round(await caught_up(onboarding.api, run.count), 1)
+        listed = await stats_totals_reach(
+            onboarding.api,
+            lambda totals: totals["tenants"] >= run.count,
+            f"{run.count} tenants listed",
+        )
+        timings["seed_caught_up_s"] = round(listed, 1)
         tail_from, tail_count = time.monotonic(), len(run.onboarded)
         await onboarding.through_api(range(args.tenants - tail, args.tenants))
         timings["onboard_tail_s"] = round(time.monotonic() - tail_from, 1)
@@ -433,15 +439,18 @@ async def onboard(onboarding: Onboarding, kafka_bootstrap: str) -> dict[str, Any
     return timings
 
 
-async def caught_up(api: Api, tenants: int) -> float:
-    """Seconds until the worker's /api/stats lists `tenants` tenants."""
+async def stats_totals_reach(
+    api: Api, reached: Callable[[dict[str, Any]], bool], what: str
+) -> float:
+    """Seconds until the totals of the worker's /api/stats satisfy `reached`, polled each second."""
     started = time.monotonic()
     while True:
         status, answer = await api.call("GET", "/api/stats?limit=1", token=api.admin_token)
-        if status == 200 and answer["totals"]["tenants"] >= tenants:
+        totals = answer["totals"] if status == 200 else {}
+        if totals and reached(totals):
             return time.monotonic() - started
         if time.monotonic() - started > READY_TIMEOUT_S:
-            raise BenchError(f"the worker lists {answer['totals']['tenants']} of {tenants}")
+            raise BenchError(f"not within {READY_TIMEOUT_S:g} s: {what} (totals: {totals})")
         await asyncio.sleep(1.0)
 
 
@@ -490,22 +499,6 @@ async def stats_latency(
         "bytes": len(body),
         "tenants_listed": totals.get("tenants"),
     }
-
-
-async def processed_all(
-    session: aiohttp.ClientSession, url: str, token: str, accepted: int, timeout_s: float
-) -> float:
-    """Seconds until the worker has processed `accepted` messages (events plus DLQ records in
-    /api/stats): the traffic's backlog is gone and the worker is idle."""
-    started = time.monotonic()
-    while True:
-        async with session.get(url, headers={"Authorization": f"Bearer {token}"}) as response:
-            totals = orjson.loads(await response.read())["totals"]
-        if (totals.get("processed") or 0) >= accepted:
-            return round(time.monotonic() - started, 1)
-        if time.monotonic() - started > timeout_s:
-            raise BenchError(f"{totals.get('processed')} of {accepted} processed in {timeout_s} s")
-        await asyncio.sleep(1.0)
 
 
 async def restart(
@@ -679,9 +672,12 @@ async def measure(
             # Idle means no work left: a backlog still being processed is not idle CPU.
             accepted = traffic.statuses.get("202", 0)
             run.mark(f"until the {accepted} accepted messages are processed")
-            drain_s = await processed_all(
-                session, f"{stats_url}?limit=1", admin_token, accepted, READY_TIMEOUT_S
+            backlog_s = await stats_totals_reach(
+                api,
+                lambda totals: (totals["processed"] or 0) >= accepted,
+                f"{accepted} messages processed",
             )
+            drain_s = round(backlog_s, 1)
             await asyncio.sleep(args.settle_s)
             run.mark(
                 f"idle again ({drain_s:g} s to process the backlog): CPU over {args.idle_s:g} s"

@@ -78,7 +78,7 @@ async def _batches(
                 events.clear()
                 batch_started.clear()
                 batch_full.clear()
-                if not batch_in_use.done():
+                if not batch_in_use.done():  # a cancelled waiter cancels it
                     batch_in_use.set_result(None)
                 batch_consumed.set()
     finally:
